@@ -1,0 +1,118 @@
+"""Within-module gain curves from the distribution of per-element (or per-row) gradient mass.
+
+A gain curve G(k) says which fraction of a module's gradient mass the top-k fraction of its
+elements holds (elements ranked by their own mass). It is concave, G(0) = 0 and G(1) = 1. It is
+represented by its vertices: `fractions` (cumulative share of elements) and `masses` (cumulative
+share of mass), both starting at 0 and ending at 1; between vertices the curve is linear.
+
+Two ways to get one, chosen by size:
+
+* exact: sort the per-unit masses (units: single elements, or rows of given sizes); vertices
+  are downsampled to at most `MAX_VERTICES`, which keeps the curve concave and below the exact one;
+* sketch: a fixed log-spaced histogram of the values relative to the module's largest value
+  (`BINS_PER_DECADE` bins per decade over `DECADES` decades, everything smaller in a last bin).
+  Elements within a bin are treated as equal, which bounds the error of G by one bin's width
+  (a factor 10^(1/BINS_PER_DECADE) in value).
+
+Both are computed with torch on the tensors' device; only the (small) curves come back to host.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+MAX_VERTICES = 2049
+BINS_PER_DECADE = 40
+DECADES = 24
+
+
+@dataclass(frozen=True)
+class GainCurve:
+    """A concave piecewise-linear gain curve over `size` units of parameters.
+
+    `sizes[j]` and `gains[j]` describe segment j (sorted by decreasing gain per element):
+    how many parameters it holds and which share of the module's mass it adds.
+    """
+
+    size: int
+    sizes: np.ndarray  # int64, parameters per segment, sums to `size`
+    gains: np.ndarray  # float64, share of mass per segment, sums to 1 (or all 0 for a zero module)
+    exact: bool
+
+    @property
+    def fractions(self) -> np.ndarray:
+        """Cumulative fraction of parameters at each vertex (starting at 0)."""
+        return np.concatenate([[0.0], np.cumsum(self.sizes) / max(self.size, 1)])
+
+    @property
+    def masses(self) -> np.ndarray:
+        """Cumulative share of mass at each vertex (starting at 0)."""
+        return np.concatenate([[0.0], np.cumsum(self.gains)])
+
+    def __call__(self, k: float) -> float:
+        """G(k): share of mass held by the top-k fraction of parameters."""
+        return float(np.interp(k, self.fractions, self.masses))
+
+
+def _from_sorted_units(sizes: torch.Tensor, masses: torch.Tensor, exact: bool) -> GainCurve:
+    """Curve from units already sorted by decreasing mass per parameter; downsampled on device."""
+    total_size = int(sizes.sum().item())
+    total_mass = masses.sum()
+    n = sizes.numel()
+    if n > MAX_VERTICES - 1:
+        # Keep every vertex at an evenly spaced unit index; a chord of a concave curve lies
+        # below it, so the downsampled curve never overstates the gain.
+        cut = torch.linspace(0, n, MAX_VERTICES, device=sizes.device).round().long().unique()
+        cum_s = torch.cat([sizes.new_zeros(1), torch.cumsum(sizes, 0)])[cut]
+        cum_m = torch.cat([masses.new_zeros(1), torch.cumsum(masses, 0)])[cut]
+        sizes = torch.diff(cum_s)
+        masses = torch.diff(cum_m)
+    host_sizes = sizes.to("cpu", torch.int64).numpy()
+    host_mass = masses.to("cpu", torch.float64).numpy()
+    tm = float(total_mass.item())
+    gains = host_mass / tm if tm > 0 else np.zeros_like(host_mass)
+    return GainCurve(size=total_size, sizes=host_sizes, gains=gains, exact=exact)
+
+
+def exact_curve(values: torch.Tensor) -> GainCurve:
+    """Exact gain curve of elements whose masses are `values` (non-negative, any shape)."""
+    v = values.detach().reshape(-1).to(torch.float64)
+    order = torch.sort(v, descending=True, stable=True).values
+    return _from_sorted_units(torch.ones_like(order, dtype=torch.int64), order, exact=True)
+
+
+def row_curve(row_sizes: torch.Tensor, row_masses: torch.Tensor) -> GainCurve:
+    """Exact gain curve over rows of possibly different sizes, ranked by mass per parameter."""
+    density = row_masses.to(torch.float64) / row_sizes.to(torch.float64)
+    order = torch.sort(density, descending=True, stable=True).indices
+    return _from_sorted_units(row_sizes[order].to(torch.int64), row_masses[order].to(torch.float64), exact=True)
+
+
+def histogram(values: torch.Tensor, top: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(counts, masses) of non-negative `values` in log-spaced bins below `top`, largest bin first.
+
+    Bin j holds values in (top * 10^-(j+1)/B, top * 10^-j/B] for B = BINS_PER_DECADE; the last
+    bin holds everything below DECADES decades under `top`, including zeros.
+    """
+    v = values.detach().reshape(-1).to(torch.float32)
+    nbins = BINS_PER_DECADE * DECADES + 1
+    top_t = torch.as_tensor(top, dtype=torch.float32, device=v.device)
+    ratio = torch.where(top_t > 0, v / top_t, torch.zeros_like(v))
+    tiny = torch.finfo(torch.float32).tiny
+    idx = torch.floor(-torch.log10(ratio.clamp_min(tiny)) * BINS_PER_DECADE)
+    idx = idx.clamp(0, nbins - 1).long()
+    idx = torch.where(ratio > 0, idx, torch.full_like(idx, nbins - 1))
+    counts = torch.bincount(idx, minlength=nbins)
+    masses = torch.bincount(idx, weights=v.to(torch.float64), minlength=nbins)
+    return counts, masses
+
+
+def sketch_curve(values: torch.Tensor) -> GainCurve:
+    """Approximate gain curve of elements with masses `values`, from a log-spaced histogram."""
+    v = values.detach().reshape(-1)
+    counts, masses = histogram(v, v.max() if v.numel() else 0.0)
+    keep = counts > 0
+    return _from_sorted_units(counts[keep], masses[keep], exact=False)
