@@ -1,0 +1,509 @@
+"""Blueprints in a Hugging Face model card (README.md), editing only what belongs to the blueprint.
+
+A card is optional YAML front matter between `---` lines, then Markdown. Embedding changes two
+places and nothing else, so all other metadata, text, key order and line endings survive byte for
+byte:
+
+* the top-level front-matter key `gradient_blueprint`, a compact mapping (spec_version, digest,
+  file, modules, domains, selected, trainable_fraction), inserted before the closing `---` or
+  replacing the previous block in place;
+* a generated Markdown section between the exact lines `<!-- gradient-blueprint:begin -->` and
+  `<!-- gradient-blueprint:end -->` (table Layer | Grad norm | k*, the heavy-tail line per domain,
+  and, when the canonical JSON is at most 32 KiB, the whole blueprint in a fenced json block),
+  appended after a blank line or replacing the previous section.
+
+The edit is textual (huggingface_hub's ModelCard re-serializes the YAML and would reorder or
+restyle other keys); the result is checked by parsing both versions with yaml.safe_load: every
+other key must be unchanged and in the same order, or nothing is written.
+
+The full blueprint is written to `blueprint.json` beside the card. Extraction prefers that file
+when its digest equals the front matter's, then the embedded block, and otherwise reports
+no-blueprint.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from blueprint_format import Blueprint, BlueprintError, atomic_write_bytes, digest, dumps, load
+from blueprint_format.errors import ContainerError, make_error
+from converters.base import (
+    BLUEPRINT_FILE,
+    METADATA_KEY,
+    Converter,
+    WriteResult,
+    bad_container,
+    io_error,
+    parse_embedded,
+    same_file,
+)
+
+BEGIN = "<!-- gradient-blueprint:begin -->"
+END = "<!-- gradient-blueprint:end -->"
+#: Front matter key (the same name as the key/value metadata key).
+FRONT_MATTER_KEY = METADATA_KEY
+#: Blueprints whose canonical JSON is at most this size are also embedded in the card's body.
+EMBED_LIMIT = 32 * 1024
+#: Cards larger than this are refused before parsing.
+MAX_CARD_BYTES = 16 * 1024 * 1024
+#: Front matter larger than this is refused before YAML parsing (bounds time and memory).
+MAX_FRONT_MATTER_BYTES = 1024 * 1024
+#: Rows shown in the generated table; larger blueprints point to blueprint.json for the rest.
+MAX_TABLE_ROWS = 500
+
+_OPEN_RE = re.compile(r"\A(\ufeff?)---[ \t]*(\r\n|\n)")
+_CLOSE_RE = re.compile(r"^---[ \t]*(?:\r\n|\n|\Z)", re.MULTILINE)
+_KEY_RE = re.compile(r"""^(["']?)gradient_blueprint\1[ \t]*:""")
+_LINE_RE = re.compile(r"[^\n]*\n|[^\n]+\Z")
+
+
+def _lines(text: str) -> list[str]:
+    """Lines with their endings (only LF splits; CR stays with its line, unlike str.splitlines)."""
+    return _LINE_RE.findall(text)
+
+
+def _bare(line: str) -> str:
+    return line.rstrip("\r\n")
+
+
+@dataclass
+class Card:
+    """A card split into prefix (BOM), front matter YAML text and body, with its newline style."""
+
+    text: str
+    nl: str
+    has_front_matter: bool
+    bom: str = ""
+    opening: str = ""  # the opening `---` line with its newline
+    yaml_text: str = ""  # between the opening and closing lines, each line with its newline
+    closing: str = ""  # the closing `---` line with its newline (if any)
+    body: str = ""
+
+    def render(self) -> str:
+        if not self.has_front_matter:
+            return self.bom + self.body
+        return self.bom + self.opening + self.yaml_text + self.closing + self.body
+
+
+def split_card(text: str, where: str = "card") -> Card:
+    """Split card text into its parts without changing a byte (render() gives the text back)."""
+    # The style of the first line ending (as huggingface_hub does); mixed files keep each line's own.
+    first = text.find("\n")
+    nl = "\r\n" if first > 0 and text[first - 1] == "\r" else "\n"
+    m = _OPEN_RE.match(text)
+    if not m:
+        bom = "\ufeff" if text.startswith("\ufeff") else ""
+        return Card(text=text, nl=nl, has_front_matter=False, bom=bom, body=text[len(bom) :])
+    close = _CLOSE_RE.search(text, m.end())
+    if close is None:
+        raise bad_container(where, "front matter opened with '---' is never closed", "line 1")
+    return Card(
+        text=text,
+        nl=nl,
+        has_front_matter=True,
+        bom=m.group(1),
+        opening=text[len(m.group(1)) : m.end()],
+        yaml_text=text[m.end() : close.start()],
+        closing=text[close.start() : close.end()],
+        body=text[close.end() :],
+    )
+
+
+def _body_nl(card: Card) -> str:
+    """Newline for text appended to the body: that of its last line, else the card's."""
+    if card.body.endswith("\r\n"):
+        return "\r\n"
+    if card.body.endswith("\n"):
+        return "\n"
+    return card.nl
+
+
+def parse_front_matter(card: Card, where: str) -> dict[str, Any]:
+    """The front matter as a dict ({} when absent or empty). Broken YAML is bad-container with its line."""
+    import yaml
+
+    if not card.has_front_matter or not card.yaml_text.strip():
+        return {}
+    if len(card.yaml_text.encode("utf-8")) > MAX_FRONT_MATTER_BYTES:
+        raise bad_container(where, f"front matter exceeds {MAX_FRONT_MATTER_BYTES} bytes")
+    try:
+        data = yaml.safe_load(card.yaml_text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        location = f"line {mark.line + 2}, column {mark.column + 1}" if mark is not None else "front matter"
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise bad_container(where, f"front matter is not valid YAML: {problem}", location) from None
+    except RecursionError:
+        raise bad_container(where, "front matter nests too deeply") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise bad_container(where, f"front matter is a YAML {type(data).__name__}, not a mapping", "line 2")
+    return data
+
+
+def _block_span(lines: list[str]) -> tuple[int, int] | None:
+    """Line range [start, end) of the top-level `gradient_blueprint` entry in front matter lines."""
+    for i, line in enumerate(lines):
+        if _KEY_RE.match(line):
+            j = i + 1
+            # The value continues on indented lines and on `- ` items (YAML allows those unindented).
+            while j < len(lines) and (
+                lines[j][:1] in (" ", "\t")
+                or _bare(lines[j]).startswith("- ")
+                or _bare(lines[j]) == "-"
+                or not _bare(lines[j]).strip()
+            ):
+                j += 1
+            # Trailing blank lines belong to whatever follows, not to our entry.
+            while j > i + 1 and not _bare(lines[j - 1]).strip():
+                j -= 1
+            return i, j
+    return None
+
+
+def front_matter_entry(bp: Blueprint) -> dict[str, Any]:
+    """The compact mapping stored under `gradient_blueprint` in the front matter."""
+    entry: dict[str, Any] = {
+        "spec_version": bp.spec_version,
+        "digest": digest(bp),
+        "file": BLUEPRINT_FILE,
+        "modules": len(bp.modules),
+        "domains": bp.domain_names,
+        "selected": sum(1 for m in bp.modules if m.k_star is not None),
+    }
+    if bp.allocation.trainable_fraction is not None:
+        entry["trainable_fraction"] = bp.allocation.trainable_fraction
+    return entry
+
+
+def _entry_yaml(entry: dict[str, Any], nl: str) -> str:
+    import yaml
+
+    text = yaml.safe_dump(
+        {FRONT_MATTER_KEY: entry}, sort_keys=False, default_flow_style=False, allow_unicode=True, width=4096
+    )
+    return text.replace("\n", nl)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def _fit_line(bp: Blueprint) -> list[str]:
+    lines = []
+    for d in bp.domains:
+        fit = d.heavy_tail
+        if fit is None:
+            lines.append(f"- `{d.name}`: no heavy-tail fit recorded")
+            continue
+        shares = fit.mass_shares
+        share_text = (
+            f"top 10% of modules hold {shares.top_10:.0%} and top 20% hold {shares.top_20:.0%} "
+            f"of the summed {fit.statistic}"
+        )
+        if fit.status == "ok":
+            head = (
+                f"{fit.exponent_convention} exponent {_fmt(fit.exponent)} "
+                f"({fit.method}, x_min {_fmt(fit.x_min)}, "
+                f"KS {_fmt(fit.ks_distance)}, n={fit.sample_count})"
+            )
+        else:
+            head = f"fit {fit.status} (n={fit.sample_count})"
+        lines.append(f"- `{d.name}`: {head}; {share_text}")
+    return lines
+
+
+def _cell(name: str) -> str:
+    return "`" + name.replace("`", "'").replace("|", "\\|") + "`"
+
+
+def generated_section(bp: Blueprint, nl: str, file_name: str = BLUEPRINT_FILE) -> str:
+    """The Markdown section between the begin/end markers (ending with a newline)."""
+    canonical = dumps(bp)
+    use_combined = all(m.combined is not None for m in bp.modules)
+    first = bp.domain_names[0]
+    if use_combined:
+        column = (
+            f"Grad norm is the combined score under the allocation's domain weights "
+            f"(statistic `{bp.allocation.statistic}`)."
+        )
+    else:
+        column = f"Grad norm is `grad_norm_mean` on the first domain, `{first}`."
+    rule = bp.allocation.rule
+    params = (
+        rule.parameters
+        if isinstance(rule.parameters, dict)
+        else rule.parameters.model_dump(exclude_none=True)
+    )
+    rule_text = f"{rule.name}(" + ", ".join(f"{k}={v}" for k, v in params.items()) + ")"
+    trainable = bp.allocation.trainable_fraction
+    lines = [
+        BEGIN,
+        "## Gradient blueprint",
+        "",
+        "Generated by `blueprint embed`; edits between the markers are replaced on the next embed.",
+        "",
+        f"- Spec version: {bp.spec_version}",
+        f"- Digest: `{digest(bp)}`",
+        f"- Full document: `{file_name}`"
+        + (" (also embedded below)" if len(canonical) <= EMBED_LIMIT else ""),
+        f"- Model: `{bp.model.name}` at revision `{bp.model.revision}`",
+        f"- Allocation: {rule_text} on `{bp.allocation.statistic}`, {bp.allocation.granularity} granularity"
+        + (f"; trainable fraction {trainable:.2%}" if trainable is not None else ""),
+        "",
+        column,
+        "",
+        "| Layer | Grad norm | k* |",
+        "|---|---:|---:|",
+    ]
+    for m in bp.modules[:MAX_TABLE_ROWS]:
+        grad = (
+            m.combined.score if (use_combined and m.combined is not None) else m.stats[first].grad_norm_mean
+        )
+        lines.append(f"| {_cell(m.name)} | {_fmt(grad)} | {_fmt(m.k_star)} |")
+    if len(bp.modules) > MAX_TABLE_ROWS:
+        lines += ["", f"{len(bp.modules) - MAX_TABLE_ROWS} more modules are listed in `{file_name}`."]
+    lines += ["", "Heavy tail per domain:", "", *_fit_line(bp)]
+    if len(canonical) <= EMBED_LIMIT:
+        lines += ["", "```json", canonical.decode("utf-8"), "```"]
+    lines.append(END)
+    return nl.join(lines) + nl
+
+
+def _section_span(body: str, where: str) -> tuple[int, int] | None:
+    """Character range of the generated section (begin line through end line and its newline)."""
+    lines = _lines(body)
+    begins = [i for i, line in enumerate(lines) if _bare(line) == BEGIN]
+    ends = [i for i, line in enumerate(lines) if _bare(line) == END]
+    if not begins and not ends:
+        return None
+    if len(begins) != 1 or len(ends) != 1 or ends[0] < begins[0]:
+        raise bad_container(where, f"the card must hold exactly one {BEGIN} ... {END} section, in that order")
+    start = sum(len(x) for x in lines[: begins[0]])
+    stop = sum(len(x) for x in lines[: ends[0] + 1])
+    return start, stop
+
+
+def _embedded_json(section: str) -> str | None:
+    lines = [_bare(x) for x in _lines(section)]
+    for i, line in enumerate(lines):
+        if line.strip() == "```json":
+            for j in range(i + 1, len(lines)):
+                if lines[j].strip() == "```":
+                    return "\n".join(lines[i + 1 : j])
+            return None
+    return None
+
+
+def read_card_text(path: Path) -> str:
+    """The card's text, bounded and strictly UTF-8 (bad-container otherwise)."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_CARD_BYTES:
+            raise bad_container(path, f"card is {size} bytes; the limit is {MAX_CARD_BYTES}")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise io_error(path, exc) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise bad_container(path, f"card is not UTF-8: {exc.reason}", f"byte offset {exc.start}") from None
+
+
+def _safe_file_name(value: Any, where: Path) -> str:
+    if (
+        not isinstance(value, str)
+        or not value
+        or "/" in value
+        or "\\" in value
+        or value in (".", "..")
+        or "\x00" in value
+    ):
+        raise ContainerError(
+            make_error(
+                "unsafe-path",
+                f"{where}: front matter file {value!r} must be a plain file name in the card's folder",
+            )
+        )
+    return value
+
+
+def embed_in_text(text: str, bp: Blueprint, where: str = "card", file_name: str = BLUEPRINT_FILE) -> str:
+    """`text` with the blueprint's front matter entry and generated section set (nothing else changed)."""
+    card = split_card(text, where)
+    old = parse_front_matter(card, where)
+    entry = front_matter_entry(bp)
+    entry["file"] = file_name
+    fm_nl = ("\r\n" if card.opening.endswith("\r\n") else "\n") if card.has_front_matter else card.nl
+    block = _entry_yaml(entry, fm_nl)
+    if card.has_front_matter:
+        lines = _lines(card.yaml_text)
+        span = _block_span(lines)
+        if span is None:
+            card.yaml_text = card.yaml_text + block
+        else:
+            card.yaml_text = "".join(lines[: span[0]]) + block + "".join(lines[span[1] :])
+    else:
+        card.has_front_matter = True
+        card.opening, card.yaml_text, card.closing = "---" + card.nl, block, "---" + card.nl
+    section = generated_section(bp, _body_nl(card), file_name)
+    span2 = _section_span(card.body, where)
+    if span2 is not None:
+        card.body = card.body[: span2[0]] + section + card.body[span2[1] :]
+    elif not card.body:
+        card.body = section
+    else:
+        nl = _body_nl(card)
+        sep = nl if card.body.endswith("\n") else nl + nl
+        card.body = card.body + sep + section
+    new_text = card.render()
+    _check_other_keys(old, new_text, where, expect=entry)
+    return new_text
+
+
+def remove_from_text(text: str, where: str = "card") -> str | None:
+    """`text` without the blueprint entry and section, or None when it holds neither."""
+    card = split_card(text, where)
+    old = parse_front_matter(card, where)
+    changed = False
+    if card.has_front_matter:
+        lines = _lines(card.yaml_text)
+        span = _block_span(lines)
+        if span is not None:
+            card.yaml_text = "".join(lines[: span[0]]) + "".join(lines[span[1] :])
+            changed = True
+            if not card.yaml_text.strip():
+                # The front matter held only our entry: drop it (it was created for us).
+                card.has_front_matter = False
+    span2 = _section_span(card.body, where)
+    if span2 is not None:
+        before, after = card.body[: span2[0]], card.body[span2[1] :]
+        nl = "\r\n" if before.endswith("\r\n") else "\n"
+        if not after and before.endswith(nl) and before[: -len(nl)].endswith("\n"):
+            before = before[: -len(nl)]  # the blank line embedding added before the section
+        card.body = before + after
+        changed = True
+    if not changed:
+        return None
+    new_text = card.render()
+    _check_other_keys(old, new_text, where, expect=None)
+    return new_text
+
+
+def _check_other_keys(old: dict[str, Any], new_text: str, where: str, expect: dict[str, Any] | None) -> None:
+    """Refuse an edit that would change any front matter key other than ours (or its order)."""
+    new = parse_front_matter(split_card(new_text, where), where)
+    others_old = {k: v for k, v in old.items() if k != FRONT_MATTER_KEY}
+    others_new = {k: v for k, v in new.items() if k != FRONT_MATTER_KEY}
+    if (
+        list(others_old) != list(others_new)
+        or others_old != others_new
+        or new.get(FRONT_MATTER_KEY) != expect
+    ):
+        raise bad_container(
+            where,
+            "the front matter cannot be edited without changing other keys; "
+            f"edit the `{FRONT_MATTER_KEY}` entry by hand or remove it",
+        )
+
+
+class ModelCardConverter(Converter):
+    """Blueprint summary in a model card, full document in blueprint.json beside it."""
+
+    kind = "model-card"
+
+    def read(self, path: Path) -> Blueprint | None:
+        if not path.is_file():
+            raise io_error(path, "no such file")
+        text = read_card_text(path)
+        card = split_card(text, str(path))
+        front = parse_front_matter(card, str(path))
+        entry = front.get(FRONT_MATTER_KEY)
+        span = _section_span(card.body, str(path))
+        if entry is None and span is None:
+            return None
+        expected: str | None = None
+        sidecar_problem = ""
+        if entry is not None:
+            if not isinstance(entry, dict) or not isinstance(entry.get("digest"), str):
+                raise bad_container(
+                    path, f"front matter `{FRONT_MATTER_KEY}` must be a mapping with a digest"
+                )
+            expected = entry["digest"]
+            sidecar = path.parent / _safe_file_name(entry.get("file", BLUEPRINT_FILE), path)
+            if sidecar.is_file():
+                try:
+                    bp = load(sidecar)
+                except BlueprintError as exc:
+                    sidecar_problem = f"; {sidecar.name} is not a valid blueprint ({exc.issues[0]})"
+                else:
+                    if digest(bp) == expected:
+                        return bp
+                    sidecar_problem = f"; {sidecar.name} has digest {digest(bp)}"
+            else:
+                sidecar_problem = f"; {sidecar.name} is missing"
+        if span is not None:
+            embedded = _embedded_json(card.body[span[0] : span[1]])
+            if embedded is not None:
+                bp = parse_embedded(embedded, f"{path} (embedded json block)")
+                if expected is None or digest(bp) == expected:
+                    return bp
+                raise bad_container(
+                    path,
+                    f"the embedded blueprint's digest {digest(bp)} differs from the front "
+                    f"matter's {expected}",
+                )
+        raise ContainerError(
+            make_error(
+                "no-blueprint",
+                f"{path}: the card names blueprint {expected} but holds no copy of it{sidecar_problem}",
+            )
+        )
+
+    def write(self, path: Path, bp: Blueprint, out: Path | None = None, **opts: Any) -> WriteResult:
+        """Write blueprint.json beside the (output) card, then the card. A missing card is created."""
+        target = out if out is not None else path
+        text = read_card_text(path) if path.exists() else ""
+        new_text = embed_in_text(text, bp, str(path))
+        sidecar = target.parent / BLUEPRINT_FILE
+        files = []
+        if opts.get("sidecar", True):
+            atomic_write_bytes(sidecar, dumps(bp))
+            files.append(sidecar)
+        atomic_write_bytes(target, new_text.encode("utf-8"))
+        files.append(target)
+        return WriteResult(path=target, files=files)
+
+    def remove(self, path: Path, out: Path | None = None, **opts: Any) -> WriteResult:
+        """Remove entry and section; delete blueprint.json beside the card when it is the card's blueprint."""
+        if not path.is_file():
+            raise io_error(path, "no such file")
+        text = read_card_text(path)
+        card = split_card(text, str(path))
+        entry = parse_front_matter(card, str(path)).get(FRONT_MATTER_KEY)
+        new_text = remove_from_text(text, str(path))
+        target = out if out is not None else path
+        files: list[Path] = []
+        if new_text is None:
+            if out is not None and not same_file(out, path):
+                atomic_write_bytes(target, text.encode("utf-8"))
+                files.append(target)
+            return WriteResult(path=target, changed=False, files=files)
+        atomic_write_bytes(target, new_text.encode("utf-8"))
+        files.append(target)
+        if (out is None or same_file(out, path)) and isinstance(entry, dict):
+            sidecar = path.parent / _safe_file_name(entry.get("file", BLUEPRINT_FILE), path)
+            try:
+                if sidecar.is_file() and digest(load(sidecar)) == entry.get("digest"):
+                    os.unlink(sidecar)
+                    files.append(sidecar)
+            except BlueprintError:
+                pass
+            except OSError as exc:
+                raise io_error(sidecar, exc, "write-failed") from None
+        return WriteResult(path=target, files=files)
