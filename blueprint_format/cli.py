@@ -1,0 +1,228 @@
+"""The `blueprint` command line.
+
+Core commands (validate, show, schema, digest, codes) live here. Commands that need heavy libraries
+come from plugin modules named in PLUGINS, imported by name only when the parser is built, so this
+package never imports torch, onnx or safetensors itself. A plugin exposes
+`register(subparsers) -> None` and sets `handler(args) -> int` on each parser it adds.
+
+Exit status: 0 ok/valid, 1 invalid input, 2 usage or I/O error. Bad input never prints a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Sequence
+
+from typing import Any
+
+from blueprint_format._version import SPEC_VERSION, __version__
+from blueprint_format.errors import ERROR_CODES, BlueprintError, BlueprintIOError, Issue, make_error
+
+#: Modules that add subcommands (embed/extract/strip; compute; ...). Missing ones are skipped.
+PLUGINS = ("converters.cli", "reference_impl.cli")
+
+EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+
+
+def _file_report(path: str, against: str | None) -> tuple[dict[str, Any], int]:
+    """Validate one file; return its report and the exit status it implies."""
+    from blueprint_format.binding import check_binding, model_tensors
+    from blueprint_format.jsonio import read_document
+    from blueprint_format.validator import check_document
+
+    status = EXIT_OK
+    issues: list[Issue]
+    try:
+        doc = read_document(path)
+        issues, bp = check_document(doc)
+        if bp is not None and against is not None:
+            issues += check_binding(bp, model_tensors(against))
+    except BlueprintIOError as exc:
+        issues, status = exc.issues, EXIT_USAGE
+    except BlueprintError as exc:
+        issues = exc.issues
+    errors = [i for i in issues if i.is_error]
+    if errors and status == EXIT_OK:
+        status = EXIT_INVALID
+    report = {
+        "path": path,
+        "valid": not errors,
+        "errors": [_issue_json(i) for i in errors],
+        "warnings": [_issue_json(i) for i in issues if not i.is_error],
+    }
+    return report, status
+
+
+def _issue_json(issue: Issue) -> dict[str, Any]:
+    out: dict[str, Any] = {"code": issue.code, "path": issue.path, "message": issue.message}
+    if issue.line is not None:
+        out["line"], out["column"] = issue.line, issue.column
+    return out
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    reports, worst = [], EXIT_OK
+    for path in args.paths:
+        report, status = _file_report(path, args.against)
+        reports.append(report)
+        worst = max(worst, status)
+    if args.json:
+        _print_json(reports)
+        return worst
+    for report in reports:
+        verdict = "valid" if report["valid"] else f"INVALID ({len(report['errors'])} error(s))"
+        print(f"{report['path']}: {verdict}")
+        for kind in ("errors", "warnings"):
+            for item in report[kind]:
+                where = item["path"] or "/"
+                if "line" in item:
+                    where = f"line {item['line']} column {item['column']}"
+                label = "error" if kind == "errors" else "warning"
+                print(f"  {label}: {item['code']} at {where}: {item['message']}")
+    if worst == EXIT_INVALID and not args.json:
+        print("See the error-code table in spec/v1/SPEC.md or run `blueprint codes`.", file=sys.stderr)
+    return worst
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from blueprint_format.api import load
+    from blueprint_format.render import render_json, render_text
+
+    bp = load(args.path)
+    if args.json:
+        _print_json(render_json(bp, args.path))
+    else:
+        print(render_text(bp, args.path, top=args.top or None))
+    return EXIT_OK
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from blueprint_format.schema import schema_path, schema_text
+
+    if args.path:
+        print(schema_path())
+    else:
+        sys.stdout.write(schema_text())
+    return EXIT_OK
+
+
+def cmd_digest(args: argparse.Namespace) -> int:
+    from blueprint_format.api import digest, dumps, load
+
+    bp = load(args.path)
+    if args.canonical:
+        sys.stdout.buffer.write(dumps(bp))
+        sys.stdout.flush()
+    else:
+        print(digest(bp))
+    return EXIT_OK
+
+
+def cmd_codes(args: argparse.Namespace) -> int:
+    rows = [{"code": c.code, "layer": c.layer, "meaning": c.summary} for c in ERROR_CODES.values()]
+    if args.json:
+        _print_json(rows)
+        return EXIT_OK
+    width = max(len(r["code"]) for r in rows)
+    for r in rows:
+        print(f"{r['code']:<{width}}  {r['layer']:<9}  {r['meaning']}")
+    return EXIT_OK
+
+
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser whose usage errors end with a hint to --help (exit 2, as argparse does)."""
+
+    def error(self, message: str) -> Any:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\nRun `{self.prog} --help` for details.\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="blueprint",
+        description=(
+            "Gradient blueprints: per-submodule gradient statistics and recommended update fractions (k*) "
+            "published next to model weights, so others fine-tune only what matters. "
+            f"Implements spec v{SPEC_VERSION}."
+        ),
+        epilog="Exit status: 0 valid/ok, 1 invalid input, 2 usage or I/O error.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__} (spec {SPEC_VERSION})")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("validate", help="check blueprint files against the spec", description=(
+        "Validate blueprint files: JSON parsing rules and limits, the JSON Schema, and the semantic rules of "
+        "SPEC.md. With --against, also check that each blueprint binds to a model (structure digest, module "
+        "names, parameter counts) by reading only its safetensors headers."
+    ))
+    p.add_argument("paths", nargs="+", metavar="PATH", help="blueprint JSON files")
+    p.add_argument("--json", action="store_true", help="print one JSON list: per file path, valid, errors, warnings")
+    p.add_argument("--against", metavar="MODEL", help="a .safetensors file or a model folder to bind against")
+    p.set_defaults(handler=cmd_validate)
+
+    p = sub.add_parser("show", help="summarise a blueprint (modules table, heavy-tail fit, domains)")
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--top", type=int, default=0, metavar="N", help="show only the first N modules (0: all)")
+    p.set_defaults(handler=cmd_show)
+
+    p = sub.add_parser("schema", help="print the JSON Schema (2020-12) of the spec")
+    p.add_argument("--path", action="store_true", help="print where the schema file is instead")
+    p.set_defaults(handler=cmd_schema)
+
+    p = sub.add_parser("digest", help="print a blueprint's digest (SHA-256 of its RFC 8785 canonical form)")
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("--canonical", action="store_true", help="print the canonical bytes instead of the digest")
+    p.set_defaults(handler=cmd_digest)
+
+    p = sub.add_parser("codes", help="list the stable error codes")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_codes)
+
+    for name in PLUGINS:
+        try:
+            plugin = importlib.import_module(name)
+        except ImportError:
+            continue  # optional part not installed
+        register = getattr(plugin, "register", None)
+        if callable(register):
+            register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `blueprint` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return int(handler(args))
+    except BlueprintError as exc:
+        for issue in exc.issues:
+            print(f"error: {issue}", file=sys.stderr)
+        return exc.exit_status
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        print(f"error: {make_error('io-error', str(exc))}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()
+

@@ -1,0 +1,311 @@
+"""Pydantic v2 models of a spec v1 blueprint.
+
+They accept exactly what `spec/v1/blueprint.schema.json` accepts (tests prove it on every
+compliance vector and on documents drawn from the schema). Models are strict: no coercion of
+strings to numbers, no unknown members outside `extensions`. Optional members are `None` when
+absent and are omitted again on output, so a document never contains `null`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, JsonValue
+
+from blueprint_format.limits import MAX_MODULES, MAX_SAFE_INTEGER
+
+
+def _integral(value: Any) -> Any:
+    # JSON Schema counts 5.0 as an integer; so must we, or the two would disagree.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+Count = Annotated[int, BeforeValidator(_integral), Field(ge=0, le=MAX_SAFE_INTEGER)]
+PositiveCount = Annotated[int, BeforeValidator(_integral), Field(ge=1, le=MAX_SAFE_INTEGER)]
+Statistic = Annotated[float, Field(ge=0, le=1e300)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+OpenFraction = Annotated[float, Field(gt=0, le=1)]
+Digest = Annotated[str, Field(min_length=71, max_length=71, pattern=r"^sha256:[0-9a-f]{64}$")]
+Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+ModuleName = Annotated[
+    str, Field(min_length=1, max_length=512, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.:/-]{0,511}$")
+]
+Timestamp = Annotated[
+    str,
+    Field(
+        max_length=40,
+        pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})$",
+    ),
+]
+ExtensionName = Annotated[
+    str, Field(max_length=128, pattern=r"^(x-[a-z0-9][a-z0-9_.-]*|[a-z0-9-]+(\.[a-z0-9-]+)+)$")
+]
+NonEmpty64 = Annotated[str, Field(min_length=1, max_length=64)]
+NonEmpty128 = Annotated[str, Field(min_length=1, max_length=128)]
+NonEmpty256 = Annotated[str, Field(min_length=1, max_length=256)]
+Text1024 = Annotated[str, Field(min_length=0, max_length=1024)]
+NonEmpty1024 = Annotated[str, Field(min_length=1, max_length=1024)]
+Text4096 = Annotated[str, Field(min_length=0, max_length=4096)]
+StatisticName = Literal["grad_norm_mean", "grad_norm_median", "grad_norm_sq_mean", "mean_grad_norm"]
+
+
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", populate_by_name=True, frozen=False)
+
+
+class Model(_Strict):
+    """The model a blueprint describes (its binding)."""
+
+    name: NonEmpty256
+    revision: NonEmpty256
+    architecture: NonEmpty256 | None = None
+    structure_digest: Digest
+    weights_digest: Digest | None = None
+    tensor_count: PositiveCount | None = None
+    parameter_count: PositiveCount | None = None
+
+
+class Generator(_Strict):
+    name: NonEmpty128
+    version: NonEmpty64
+
+
+class Provenance(_Strict):
+    """When, by what and by whom the blueprint was made, and which blueprint it replaces."""
+
+    created: Timestamp
+    generator: Generator
+    publisher: NonEmpty256 | None = None
+    supersedes: Digest | None = None
+    change_note: Text4096 | None = None
+
+
+class Method(_Strict):
+    """How the statistics were estimated."""
+
+    estimator: Literal["batch-gradient-norm", "per-example-gradient-norm"]
+    loss: NonEmpty128
+    batch_size: PositiveCount | None = None
+    seq_len: PositiveCount | None = None
+    precision: Literal["fp32", "fp16", "bf16", "fp64", "bf16-autocast", "fp16-autocast"] | None = None
+    seed: Count | None = None
+    device_kind: NonEmpty64 | None = None
+    world_size: PositiveCount | None = None
+    min_examples_per_aggregate: PositiveCount
+
+
+class MassShares(_Strict):
+    """Share of the summed statistic held by the top 1/5/10/20/50 percent of items."""
+
+    top_1: Fraction
+    top_5: Fraction
+    top_10: Fraction
+    top_20: Fraction
+    top_50: Fraction
+
+    def as_pairs(self) -> list[tuple[float, float]]:
+        """(top fraction, share) pairs in increasing order of the fraction."""
+        return [(0.01, self.top_1), (0.05, self.top_5), (0.10, self.top_10), (0.20, self.top_20), (0.50, self.top_50)]
+
+
+class HeavyTail(_Strict):
+    """A heavy-tail fit of one statistic across modules, with its exponent convention."""
+
+    statistic: StatisticName
+    method: Annotated[str, Field(pattern=r"^(csn-mle|x-[a-z0-9][a-z0-9.-]{0,62})$")]
+    exponent_convention: Literal["pdf", "tail-index", "rank-size"]
+    status: Literal["ok", "failed", "insufficient-data"]
+    exponent: Annotated[float, Field(gt=0, le=1e6)] | None = None
+    x_min: Statistic | None = None
+    ks_distance: Fraction | None = None
+    sample_count: Count
+    tail_count: Count | None = None
+    message: Text1024 | None = None
+    mass_shares: MassShares
+
+
+class Domain(_Strict):
+    """A calibration domain with its default weight and its data's aggregate description."""
+
+    name: Name
+    weight: Fraction
+    description: Text4096 | None = None
+    source: Text1024 | None = None
+    examples: PositiveCount
+    batches: PositiveCount
+    tokens: PositiveCount | None = None
+    data_fingerprint: Digest | None = None
+    heavy_tail: HeavyTail | None = None
+    element_mass_shares: MassShares | None = None
+
+
+class ModuleStats(_Strict):
+    """Gradient statistics of one module on one domain."""
+
+    grad_norm_mean: Statistic
+    grad_norm_median: Statistic
+    grad_norm_sq_mean: Statistic
+    mean_grad_norm: Statistic | None = None
+    rank: PositiveCount
+
+
+class Combined(_Strict):
+    """The module's score and rank under the allocation's domain weights."""
+
+    score: Statistic
+    rank: PositiveCount
+
+
+class Module(_Strict):
+    """One submodule: its size, per-domain statistics and recommended update fraction."""
+
+    name: ModuleName
+    type: NonEmpty128 | None = None
+    parameter_count: PositiveCount
+    stats: Annotated[dict[Name, ModuleStats], Field(min_length=1, max_length=256)]
+    combined: Combined | None = None
+    k_star: OpenFraction | None = None
+
+
+class CostModel(_Strict):
+    """C(k) = fixed + per_parameter * trainable parameters, in `unit`."""
+
+    name: Literal["linear"]
+    fixed: Statistic
+    per_parameter: Statistic
+    unit: NonEmpty64
+
+
+class GlobalBudgetParameters(_Strict):
+    budget: OpenFraction
+
+
+class GlobalBudgetRule(_Strict):
+    """Select by score until `budget` of all parameters is trainable."""
+
+    name: Literal["global-budget"]
+    parameters: GlobalBudgetParameters
+
+
+class MassThresholdParameters(_Strict):
+    threshold: OpenFraction
+
+
+class MassThresholdRule(_Strict):
+    """Select by score until the selected modules hold `threshold` of the summed statistic."""
+
+    name: Literal["mass-threshold"]
+    parameters: MassThresholdParameters
+
+
+class MarginalParameters(_Strict):
+    eta: Statistic
+    max_fraction: OpenFraction | None = None
+
+
+class MarginalRule(_Strict):
+    """Grow the selection while marginal gain per marginal cost stays above `eta`."""
+
+    name: Literal["marginal"]
+    parameters: MarginalParameters
+
+
+class CustomRule(_Strict):
+    """A rule outside the spec, named with an `x-` prefix."""
+
+    name: Annotated[str, Field(pattern=r"^x-[a-z0-9][a-z0-9.-]{0,62}$")]
+    parameters: Annotated[dict[str, JsonValue], Field(max_length=64)]
+
+
+Rule = Union[GlobalBudgetRule, MassThresholdRule, MarginalRule, CustomRule]
+
+
+class Allocation(_Strict):
+    """The rule, statistic, granularity and cost model that produced every k*."""
+
+    rule: Rule
+    statistic: StatisticName
+    granularity: Literal["module", "row", "element"]
+    gain_model: NonEmpty128 | None = None
+    cost_model: CostModel
+    domain_weights: Annotated[dict[Name, Fraction], Field(min_length=1, max_length=256)] | None = None
+    trainable_fraction: Fraction | None = None
+
+
+class ScoreQuantiles(_Strict):
+    p10: Statistic
+    p50: Statistic
+    p90: Statistic
+
+
+class DataSelection(_Strict):
+    """Aggregate summary of a data-selection run (never per-example values)."""
+
+    method: NonEmpty128
+    domain: Name | None = None
+    direction: Literal["highest", "lowest"]
+    fraction: OpenFraction
+    drop_top_fraction: Fraction | None = None
+    examples_total: PositiveCount
+    examples_selected: Count
+    score_quantiles: ScoreQuantiles | None = None
+
+
+class Sidecar(_Strict):
+    """A file of element- or row-level scores next to the blueprint, bound by digest."""
+
+    path: NonEmpty1024
+    digest: Digest
+    format: Literal["safetensors"]
+    granularity: Literal["row", "element"]
+    statistic: NonEmpty128 | None = None
+
+
+class Blueprint(_Strict):
+    """A gradient blueprint document (spec v1)."""
+
+    schema_uri: Annotated[Annotated[str, Field(max_length=2048)] | None, Field(alias="$schema")] = None
+    spec_version: Annotated[str, Field(pattern=r"^1\.(0|[1-9][0-9]{0,5})\.(0|[1-9][0-9]{0,5})$")]
+    description: Text4096 | None = None
+    model: Model
+    provenance: Provenance
+    method: Method
+    domains: Annotated[list[Domain], Field(min_length=1, max_length=256)]
+    modules: Annotated[list[Module], Field(min_length=1, max_length=MAX_MODULES)]
+    allocation: Allocation
+    data_selection: DataSelection | None = None
+    sidecars: Annotated[list[Sidecar], Field(max_length=64)] | None = None
+    extensions: Annotated[dict[ExtensionName, JsonValue], Field(max_length=256)] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON values, absent optional members omitted."""
+        out: dict[str, Any] = self.model_dump(mode="json", by_alias=True, exclude_none=True)
+        return out
+
+    @property
+    def domain_names(self) -> list[str]:
+        return [d.name for d in self.domains]
+
+    def domain(self, name: str) -> Domain:
+        """The domain called `name` (KeyError if absent)."""
+        for d in self.domains:
+            if d.name == name:
+                return d
+        raise KeyError(name)
+
+    def module(self, name: str) -> Module:
+        """The module called `name` (KeyError if absent)."""
+        for m in self.modules:
+            if m.name == name:
+                return m
+        raise KeyError(name)
+
+    def effective_domain_weights(self) -> dict[str, float]:
+        """The allocation's domain weights, or the domains' defaults when it names none."""
+        if self.allocation.domain_weights is not None:
+            return dict(self.allocation.domain_weights)
+        return {d.name: d.weight for d in self.domains}

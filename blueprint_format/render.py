@@ -1,0 +1,135 @@
+"""Human-readable and JSON summaries of a blueprint (used by `blueprint show`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from blueprint_format.api import digest
+from blueprint_format.models import Blueprint, Domain, HeavyTail
+
+
+def _fmt(value: float | None, spec: str = ".4g") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def table(headers: list[str], rows: list[list[str]], right: set[int] | None = None) -> str:
+    """A plain-text table with aligned columns (columns in `right` are right-aligned)."""
+    right = right or set()
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+def fit_line(fit: HeavyTail | None) -> str:
+    """One line describing a heavy-tail fit, saying FAILED or INSUFFICIENT DATA instead of a number."""
+    if fit is None:
+        return "no heavy-tail fit recorded"
+    shares = fit.mass_shares
+    share_text = f"top 10% hold {shares.top_10:.0%}, top 20% hold {shares.top_20:.0%}"
+    if fit.status != "ok":
+        note = f" ({fit.message})" if fit.message else ""
+        return f"{fit.status.upper()}{note}; n={fit.sample_count}; {share_text}"
+    return (
+        f"{fit.exponent_convention} exponent {_fmt(fit.exponent, '.3f')} ({fit.method}, x_min={_fmt(fit.x_min)}, "
+        f"KS={_fmt(fit.ks_distance, '.3f')}, tail {fit.tail_count if fit.tail_count is not None else '?'}"
+        f"/{fit.sample_count}); {share_text}"
+    )
+
+
+def _domain_row(d: Domain) -> list[str]:
+    return [d.name, f"{d.weight:.3g}", str(d.examples), str(d.batches), fit_line(d.heavy_tail)]
+
+
+def describe_rule(bp: Blueprint) -> str:
+    """The allocation rule with its parameters and cost model, as one line."""
+    a = bp.allocation
+    raw = a.rule.parameters
+    items = raw.model_dump(exclude_none=True) if isinstance(raw, BaseModel) else dict(raw)
+    params = ", ".join(f"{k}={v}" for k, v in items.items())
+    cost = a.cost_model
+    return (
+        f"{a.rule.name}({params}) on {a.statistic}, {a.granularity} granularity; "
+        f"cost = {cost.fixed:g} + {cost.per_parameter:g} x trainable params [{cost.unit}]"
+    )
+
+
+def module_rows(bp: Blueprint, top: int | None = None) -> list[list[str]]:
+    """Layer / grad norm per domain / combined rank / parameters / k* rows, in document order."""
+    rows = []
+    for m in bp.modules[: top or None]:
+        grads = [_fmt(m.stats[d].grad_norm_mean) if d in m.stats else "-" for d in bp.domain_names]
+        rank = str(m.combined.rank) if m.combined else str(next(iter(m.stats.values())).rank)
+        rows.append([m.name, *grads, rank, f"{m.parameter_count:,}", _fmt(m.k_star, ".3g")])
+    return rows
+
+
+def render_text(bp: Blueprint, path: str = "", top: int | None = None) -> str:
+    """The summary `blueprint show` prints."""
+    selected = [m for m in bp.modules if m.k_star is not None]
+    lines = [
+        f"Blueprint {path}".rstrip(),
+        f"  spec {bp.spec_version}, digest {digest(bp)}",
+        f"  model {bp.model.name} @ {bp.model.revision} ({bp.model.structure_digest[:23]}...)",
+        f"  made {bp.provenance.created} by {bp.provenance.generator.name} {bp.provenance.generator.version}"
+        + (f"; supersedes {bp.provenance.supersedes[:23]}..." if bp.provenance.supersedes else ""),
+        f"  method {bp.method.estimator}, loss {bp.method.loss}, >= {bp.method.min_examples_per_aggregate} examples per aggregate",
+        "",
+        "Domains",
+        table(["domain", "weight", "examples", "batches", "heavy tail"], [_domain_row(d) for d in bp.domains], {1, 2, 3}),
+        "",
+        f"Modules ({len(bp.modules)}; {len(selected)} selected)",
+        table(
+            ["Layer", *(f"Grad[{d}]" for d in bp.domain_names), "rank", "params", "k*"],
+            module_rows(bp, top),
+            set(range(1, len(bp.domain_names) + 4)),
+        ),
+    ]
+    if top and len(bp.modules) > top:
+        lines.append(f"  ... {len(bp.modules) - top} more (use --top 0 for all)")
+    lines += ["", "Allocation", "  " + describe_rule(bp)]
+    if bp.allocation.trainable_fraction is not None:
+        lines.append(f"  trainable fraction {bp.allocation.trainable_fraction:.3%}")
+    if bp.data_selection is not None:
+        ds = bp.data_selection
+        lines.append(
+            f"Data selection: {ds.method}, keep {ds.direction} {ds.fraction:.0%}: "
+            f"{ds.examples_selected} of {ds.examples_total} examples"
+        )
+    if bp.extensions:
+        lines.append(f"Extensions: {', '.join(sorted(bp.extensions))}")
+    return "\n".join(lines)
+
+
+def render_json(bp: Blueprint, path: str = "") -> dict[str, Any]:
+    """A machine-readable summary (`blueprint show --json`)."""
+    return {
+        "path": path,
+        "digest": digest(bp),
+        "spec_version": bp.spec_version,
+        "model": bp.model.model_dump(exclude_none=True),
+        "domains": [
+            {
+                "name": d.name,
+                "weight": d.weight,
+                "examples": d.examples,
+                "heavy_tail": d.heavy_tail.model_dump(exclude_none=True) if d.heavy_tail else None,
+            }
+            for d in bp.domains
+        ],
+        "allocation": {"rule": bp.allocation.rule.name, "description": describe_rule(bp)},
+        "modules": [
+            {
+                "name": m.name,
+                "parameter_count": m.parameter_count,
+                "grad_norm_mean": {d: s.grad_norm_mean for d, s in m.stats.items()},
+                "combined_rank": m.combined.rank if m.combined else None,
+                "k_star": m.k_star,
+            }
+            for m in bp.modules
+        ],
+    }
