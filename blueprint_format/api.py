@@ -41,7 +41,9 @@ def dump(bp: Blueprint, path: str | Path, *, indent: int | None = None) -> None:
     else:
         import json
 
-        data = (json.dumps(bp.to_json(), indent=indent, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8")
+        data = (json.dumps(bp.to_json(), indent=indent, ensure_ascii=False, sort_keys=True) + "\n").encode(
+            "utf-8"
+        )
     atomic_write_bytes(path, data)
 
 

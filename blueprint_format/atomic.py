@@ -48,7 +48,9 @@ def atomic_writer(path: str | Path, mode: int | None = None) -> Iterator[BinaryI
             tmp.unlink()
         if isinstance(exc, OSError):
             raise BlueprintIOError(
-                make_error("write-failed", f"cannot write {target}: {exc.strerror or exc}; the original is unchanged")
+                make_error(
+                    "write-failed", f"cannot write {target}: {exc.strerror or exc}; the original is unchanged"
+                )
             ) from None
         raise
     _fsync_dir(folder)

@@ -23,9 +23,26 @@ from blueprint_format.models import Blueprint
 SAFETENSORS_HEADER_CAP = 100_000_000
 #: dtype codes a safetensors header may use, with their size in bytes (bits for sub-byte types).
 SAFETENSORS_DTYPE_BITS: dict[str, int] = {
-    "BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6,
-    "I16": 16, "U16": 16, "F16": 16, "BF16": 16, "I32": 32, "U32": 32, "F32": 32,
-    "I64": 64, "U64": 64, "F64": 64, "C64": 64,
+    "BOOL": 8,
+    "U8": 8,
+    "I8": 8,
+    "F8_E5M2": 8,
+    "F8_E4M3": 8,
+    "F8_E8M0": 8,
+    "F4": 4,
+    "F6_E2M3": 6,
+    "F6_E3M2": 6,
+    "I16": 16,
+    "U16": 16,
+    "F16": 16,
+    "BF16": 16,
+    "I32": 32,
+    "U32": 32,
+    "F32": 32,
+    "I64": 64,
+    "U64": 64,
+    "F64": 64,
+    "C64": 64,
 }
 
 
@@ -94,7 +111,10 @@ def read_safetensors_header(path: str | Path, *, check_offsets: bool = True) -> 
             (n,) = struct.unpack("<Q", head)
             if n > SAFETENSORS_HEADER_CAP:
                 raise ContainerError(
-                    make_error("header-too-large", f"{p}: header length {n} exceeds the {SAFETENSORS_HEADER_CAP}-byte cap")
+                    make_error(
+                        "header-too-large",
+                        f"{p}: header length {n} exceeds the {SAFETENSORS_HEADER_CAP}-byte cap",
+                    )
                 )
             if 8 + n > file_size:
                 raise _bad(p, f"header length {n} runs past the end of the {file_size}-byte file", 0)
@@ -122,7 +142,9 @@ def read_safetensors_header(path: str | Path, *, check_offsets: bool = True) -> 
         tensors.append(_tensor_entry(p, name, entry, spans))
     if check_offsets:
         _check_spans(p, spans, file_size - 8 - n)
-    return SafetensorsHeader(header_size=n, header=header, metadata=dict(metadata), tensors=tensors, file_size=file_size)
+    return SafetensorsHeader(
+        header_size=n, header=header, metadata=dict(metadata), tensors=tensors, file_size=file_size
+    )
 
 
 def _tensor_entry(p: Path, name: str, entry: Any, spans: list[tuple[int, int, str]]) -> TensorInfo:
@@ -143,7 +165,10 @@ def _tensor_entry(p: Path, name: str, entry: Any, spans: list[tuple[int, int, st
     info = TensorInfo(name=name, dtype=dtype, shape=tuple(shape))
     nbits = info.numel * SAFETENSORS_DTYPE_BITS[dtype]
     if offsets[1] - offsets[0] != (nbits + 7) // 8:
-        raise _bad(p, f"tensor {name!r}: data_offsets span {offsets[1] - offsets[0]} bytes, shape needs {(nbits + 7) // 8}")
+        raise _bad(
+            p,
+            f"tensor {name!r}: data_offsets span {offsets[1] - offsets[0]} bytes, shape needs {(nbits + 7) // 8}",
+        )
     spans.append((offsets[0], offsets[1], name))
     return info
 
@@ -156,7 +181,9 @@ def _check_spans(p: Path, spans: list[tuple[int, int, str]], buffer_size: int) -
             raise _bad(p, f"tensor {name!r}: data_offsets {problem}")
         cursor = end
     if cursor != buffer_size:
-        raise _bad(p, f"tensors cover {cursor} bytes but the buffer holds {buffer_size} (truncated or trailing data)")
+        raise _bad(
+            p, f"tensors cover {cursor} bytes but the buffer holds {buffer_size} (truncated or trailing data)"
+        )
 
 
 def model_tensors(path: str | Path) -> list[TensorInfo]:
@@ -181,7 +208,9 @@ def model_tensors(path: str | Path) -> list[TensorInfo]:
     tensors: list[TensorInfo] = []
     for f in files:
         if Path(f).parent.resolve() != p.resolve():
-            raise ContainerError(make_error("unsafe-path", f"{index}: shard {f.name!r} lies outside the folder"))
+            raise ContainerError(
+                make_error("unsafe-path", f"{index}: shard {f.name!r} lies outside the folder")
+            )
         tensors.extend(read_safetensors_header(f).tensors)
     return tensors
 
@@ -208,7 +237,11 @@ def check_binding(bp: Blueprint, tensors: list[TensorInfo]) -> list[Issue]:
         count = _module_params(tensors, module.name)
         if count is None:
             issues.append(
-                make_error("module-not-in-model", f"module {module.name!r} matches no tensor of the model", f"/modules/{i}/name")
+                make_error(
+                    "module-not-in-model",
+                    f"module {module.name!r} matches no tensor of the model",
+                    f"/modules/{i}/name",
+                )
             )
         elif count != module.parameter_count:
             issues.append(

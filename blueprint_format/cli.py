@@ -15,14 +15,24 @@ import importlib
 import json
 import sys
 from collections.abc import Sequence
-
 from typing import Any
 
 from blueprint_format._version import SPEC_VERSION, __version__
 from blueprint_format.errors import ERROR_CODES, BlueprintError, BlueprintIOError, Issue, make_error
 
-#: Modules that add subcommands (embed/extract/strip; compute; ...). Missing ones are skipped.
+#: Modules that add subcommands. Missing ones (optional parts not installed) are skipped.
 PLUGINS = ("converters.cli", "reference_impl.cli")
+#: Plugin commands known up front, so `--help` lists them and `blueprint validate` never imports
+#: a plugin (importing reference_impl costs seconds of torch start-up).
+PLUGIN_COMMANDS: dict[str, tuple[str, str]] = {
+    "embed": ("converters.cli", "embed a blueprint into a model file, card or folder"),
+    "extract": ("converters.cli", "extract the blueprint held by a model file, card or folder"),
+    "strip": ("converters.cli", "remove the blueprint from a model file, card or folder"),
+    "push": ("converters.cli", "upload a model folder's blueprint and card to the Hugging Face Hub"),
+    "pull": ("converters.cli", "fetch a Hub repository's blueprint"),
+    "compute": ("reference_impl.cli", "compute a blueprint from a model and calibration data (needs torch)"),
+}
+CORE_COMMANDS = ("validate", "show", "schema", "digest", "codes")
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 
@@ -144,7 +154,20 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\nRun `{self.prog} --help` for details.\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _missing_plugin(args: argparse.Namespace) -> int:
+    module = PLUGIN_COMMANDS[args.command][0]
+    extra = "compute" if module.startswith("reference_impl") else "all"
+    print(
+        f"error: `blueprint {args.command}` is not available here (module {module} is missing or has no such "
+        f"command); install the optional parts: pip install -c constraints.txt 'gradient-blueprints[{extra}]'",
+        file=sys.stderr,
+    )
+    return EXIT_USAGE
+
+
+def build_parser(plugins: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The full parser. Only the plugin modules named in `plugins` are imported; the other plugin
+    commands get a stub that lists them in --help."""
     parser = _Parser(
         prog="blueprint",
         description=(
@@ -154,16 +177,24 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog="Exit status: 0 valid/ok, 1 invalid input, 2 usage or I/O error.",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__} (spec {SPEC_VERSION})")
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {__version__} (spec {SPEC_VERSION})"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    p = sub.add_parser("validate", help="check blueprint files against the spec", description=(
-        "Validate blueprint files: JSON parsing rules and limits, the JSON Schema, and the semantic rules of "
-        "SPEC.md. With --against, also check that each blueprint binds to a model (structure digest, module "
-        "names, parameter counts) by reading only its safetensors headers."
-    ))
+    p = sub.add_parser(
+        "validate",
+        help="check blueprint files against the spec",
+        description=(
+            "Validate blueprint files: JSON parsing rules and limits, the JSON Schema, and the semantic rules of "
+            "SPEC.md. With --against, also check that each blueprint binds to a model (structure digest, module "
+            "names, parameter counts) by reading only its safetensors headers."
+        ),
+    )
     p.add_argument("paths", nargs="+", metavar="PATH", help="blueprint JSON files")
-    p.add_argument("--json", action="store_true", help="print one JSON list: per file path, valid, errors, warnings")
+    p.add_argument(
+        "--json", action="store_true", help="print one JSON list: per file path, valid, errors, warnings"
+    )
     p.add_argument("--against", metavar="MODEL", help="a .safetensors file or a model folder to bind against")
     p.set_defaults(handler=cmd_validate)
 
@@ -186,20 +217,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_codes)
 
-    for name in PLUGINS:
+    registered: set[str] = set()
+    for name in plugins:
         try:
             plugin = importlib.import_module(name)
         except ImportError:
             continue  # optional part not installed
         register = getattr(plugin, "register", None)
         if callable(register):
+            before = set(sub.choices)
             register(sub)
+            registered |= set(sub.choices) - before
+    for command, (_, help_text) in PLUGIN_COMMANDS.items():
+        if command not in registered:
+            stub = sub.add_parser(command, help=help_text, add_help=False)
+            stub.add_argument("rest", nargs=argparse.REMAINDER)
+            stub.set_defaults(handler=_missing_plugin)
     return parser
+
+
+def _plugins_for(argv: Sequence[str]) -> tuple[str, ...]:
+    """The plugin modules the command line needs: the one owning its command, or all for an unknown one."""
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command is None or command in CORE_COMMANDS:
+        return ()
+    if command in PLUGIN_COMMANDS:
+        return (PLUGIN_COMMANDS[command][0],)
+    return PLUGINS
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `blueprint` console script."""
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_plugins_for(argv))
     args = parser.parse_args(argv)
     handler = getattr(args, "handler", None)
     if handler is None:
@@ -225,4 +275,3 @@ def run() -> None:
 
 if __name__ == "__main__":
     run()
-

@@ -82,7 +82,9 @@ def _check_tree(root: Any) -> None:
         node, path, depth = stack.pop()
         if isinstance(node, _NonFinite):
             raise BlueprintParseError(
-                make_error("non-finite-number", f"number {_abbrev(node.literal)} is not a finite double", path)
+                make_error(
+                    "non-finite-number", f"number {_abbrev(node.literal)} is not a finite double", path
+                )
             )
         if isinstance(node, dict):
             children: Any = node.items()
@@ -138,7 +140,9 @@ def loads_json(data: bytes | str) -> Any:
                 make_error("too-large", f"document is {len(data)} bytes; the limit is {MAX_DOCUMENT_BYTES}")
             )
         if data.startswith(b"\xef\xbb\xbf"):
-            raise BlueprintParseError(make_error("not-utf8", "document starts with a UTF-8 byte-order mark", line=1, column=1))
+            raise BlueprintParseError(
+                make_error("not-utf8", "document starts with a UTF-8 byte-order mark", line=1, column=1)
+            )
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -169,7 +173,9 @@ def loads_json(data: bytes | str) -> Any:
     except RecursionError:
         raise BlueprintParseError(make_error("too-deep", "nesting is too deep to parse")) from None
     except ValueError as exc:  # e.g. an integer literal with more digits than Python allows
-        raise BlueprintParseError(make_error("non-finite-number", f"number cannot be represented: {exc}")) from None
+        raise BlueprintParseError(
+            make_error("non-finite-number", f"number cannot be represented: {exc}")
+        ) from None
     _check_tree(value)
     return value
 

@@ -51,8 +51,6 @@ Text4096 = Annotated[str, Field(min_length=0, max_length=4096)]
 StatisticName = Literal["grad_norm_mean", "grad_norm_median", "grad_norm_sq_mean", "mean_grad_norm"]
 
 
-
-
 class _Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", populate_by_name=True, frozen=False)
 
@@ -109,7 +107,13 @@ class MassShares(_Strict):
 
     def as_pairs(self) -> list[tuple[float, float]]:
         """(top fraction, share) pairs in increasing order of the fraction."""
-        return [(0.01, self.top_1), (0.05, self.top_5), (0.10, self.top_10), (0.20, self.top_20), (0.50, self.top_50)]
+        return [
+            (0.01, self.top_1),
+            (0.05, self.top_5),
+            (0.10, self.top_10),
+            (0.20, self.top_20),
+            (0.50, self.top_50),
+        ]
 
 
 class HeavyTail(_Strict):

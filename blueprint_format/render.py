@@ -20,7 +20,9 @@ def table(headers: list[str], rows: list[list[str]], right: set[int] | None = No
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
 
     def line(cells: list[str]) -> str:
-        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+        return "  ".join(
+            c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))
+        ).rstrip()
 
     return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])
 
@@ -80,7 +82,11 @@ def render_text(bp: Blueprint, path: str = "", top: int | None = None) -> str:
         f"  method {bp.method.estimator}, loss {bp.method.loss}, >= {bp.method.min_examples_per_aggregate} examples per aggregate",
         "",
         "Domains",
-        table(["domain", "weight", "examples", "batches", "heavy tail"], [_domain_row(d) for d in bp.domains], {1, 2, 3}),
+        table(
+            ["domain", "weight", "examples", "batches", "heavy tail"],
+            [_domain_row(d) for d in bp.domains],
+            {1, 2, 3},
+        ),
         "",
         f"Modules ({len(bp.modules)}; {len(selected)} selected)",
         table(

@@ -60,7 +60,9 @@ def _compiled(pattern: str) -> re.Pattern[str]:
     return re.compile(pattern)
 
 
-_Validator = jsonschema.validators.extend(Draft202012Validator, {"pattern": _ecma_pattern})
+_Validator = jsonschema.validators.extend(  # type: ignore[no-untyped-call]
+    Draft202012Validator, {"pattern": _ecma_pattern}
+)
 
 
 @lru_cache(maxsize=1)
@@ -125,32 +127,42 @@ def _issues_for(error: ValidationError) -> list[Issue]:
     """One or more issues for a jsonschema error, located at the offending member."""
     keyword = str(error.validator)
     base = _pointer(error.absolute_path)
-    instance = error.instance
+    instance: Any = error.instance
+    value: Any = error.validator_value
     code = _code_for(error)
     if keyword == "required" and isinstance(instance, dict):
-        missing = [name for name in error.validator_value if name not in instance]
+        missing = [name for name in value if name not in instance]
         return [Issue(code, f"{base}/{name}", f"required member {name!r} is missing") for name in missing]
     if keyword in ("additionalProperties", "unevaluatedProperties") and isinstance(instance, dict):
         known = set(error.schema.get("properties", {})) if isinstance(error.schema, dict) else set()
         extras = [k for k in instance if k not in known]
-        return [Issue(code, f"{base}/{_pointer([k])[1:]}", f"member {k!r} is not defined by the spec") for k in extras]
+        return [
+            Issue(code, f"{base}/{_pointer([k])[1:]}", f"member {k!r} is not defined by the spec")
+            for k in extras
+        ]
     if "propertyNames" in error.schema_path:
-        return [Issue(code, f"{base}/{_pointer([instance])[1:]}", f"member name {_short(instance)} is not allowed")]
+        return [
+            Issue(
+                code, f"{base}/{_pointer([instance])[1:]}", f"member name {_short(instance)} is not allowed"
+            )
+        ]
     if keyword == "type":
-        expected = error.validator_value
+        expected = value
         expected_text = " or ".join(expected) if isinstance(expected, list) else str(expected)
         message = f"expected {expected_text}, got {_json_type(instance)}"
     elif keyword in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
-        relation = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}[keyword]
-        message = f"{_short(instance)} must be {relation} {error.validator_value}"
+        relation = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}[
+            keyword
+        ]
+        message = f"{_short(instance)} must be {relation} {value}"
     elif keyword in ("minItems", "maxItems", "minLength", "maxLength", "minProperties", "maxProperties"):
         size = len(instance) if hasattr(instance, "__len__") else "?"
         bound = "at least" if keyword.startswith("min") else "at most"
-        message = f"has {size} entries/characters; must have {bound} {error.validator_value}"
+        message = f"has {size} entries/characters; must have {bound} {value}"
     elif keyword == "pattern":
-        message = f"{_short(instance)} does not have the required form ({error.validator_value})"
+        message = f"{_short(instance)} does not have the required form ({value})"
     elif keyword in ("enum", "const"):
-        allowed = error.validator_value if keyword == "enum" else [error.validator_value]
+        allowed = value if keyword == "enum" else [value]
         message = f"{_short(instance)} is not one of {', '.join(map(str, allowed))}"
     elif keyword == "oneOf":
         message = _rule_message(error)
@@ -162,10 +174,18 @@ def _issues_for(error: ValidationError) -> list[Issue]:
 def _rule_message(error: ValidationError) -> str:
     instance = error.instance
     name = instance.get("name") if isinstance(instance, dict) else None
-    branches = [sub for sub in error.context or [] if sub.relative_schema_path and sub.relative_schema_path[0] is not None]
+    branches = [
+        sub
+        for sub in error.context or []
+        if sub.relative_schema_path and sub.relative_schema_path[0] is not None
+    ]
     for sub in branches:
         # Prefer the branch whose `name` matched, so the message talks about its parameters.
-        branch_schema = error.schema.get("oneOf", [])[sub.relative_schema_path[0]] if isinstance(error.schema, dict) else {}
+        branch_schema = (
+            error.schema.get("oneOf", [])[sub.relative_schema_path[0]]
+            if isinstance(error.schema, dict)
+            else {}
+        )
         const = branch_schema.get("properties", {}).get("name", {}).get("const")
         if const is not None and const == name and "name" not in list(sub.relative_path)[:1]:
             where = _pointer(sub.relative_path)

@@ -40,7 +40,9 @@ def check_names(bp: Blueprint) -> Iterable[Issue]:
         for key in m.stats:
             if key not in domains:
                 yield make_error(
-                    "unknown-domain", f"statistics for undeclared domain {key!r}", f"/modules/{i}/stats/{_esc(key)}"
+                    "unknown-domain",
+                    f"statistics for undeclared domain {key!r}",
+                    f"/modules/{i}/stats/{_esc(key)}",
                 )
         missing = [d for d in bp.domain_names if d not in m.stats]
         if missing:
@@ -52,7 +54,9 @@ def check_names(bp: Blueprint) -> Iterable[Issue]:
     for key in bp.allocation.domain_weights or {}:
         if key not in domains:
             yield make_error(
-                "unknown-domain", f"weight for undeclared domain {key!r}", f"/allocation/domain_weights/{_esc(key)}"
+                "unknown-domain",
+                f"weight for undeclared domain {key!r}",
+                f"/allocation/domain_weights/{_esc(key)}",
             )
     ds = bp.data_selection
     if ds is not None and ds.domain is not None and ds.domain not in domains:
@@ -60,7 +64,7 @@ def check_names(bp: Blueprint) -> Iterable[Issue]:
 
 
 def _check_ranking(
-    entries: list[tuple[int, int, float]], rank_path: Callable[[int], str], what: str
+    entries: list[tuple[int, int, float]], rank_path: Callable[..., str], what: str
 ) -> Iterable[Issue]:
     """entries: (module index, rank, value). Ranks must be 1..N and follow value, largest first."""
     n = len(entries)
@@ -85,8 +89,11 @@ def _check_ranking(
 def check_ranks(bp: Blueprint) -> Iterable[Issue]:
     """Per-domain ranks and combined ranks are permutations consistent with their values."""
     for d in bp.domain_names:
-        entries = [(i, m.stats[d].rank, m.stats[d].grad_norm_mean) for i, m in enumerate(bp.modules) if d in m.stats]
-        yield from _check_ranking(entries, lambda i, d=d: f"/modules/{i}/stats/{_esc(d)}/rank", f"domain {d!r}")
+        entries = [
+            (i, m.stats[d].rank, m.stats[d].grad_norm_mean) for i, m in enumerate(bp.modules) if d in m.stats
+        ]
+        prefix = f"/stats/{_esc(d)}/rank"
+        yield from _check_ranking(entries, lambda i, suffix=prefix: f"/modules/{i}{suffix}", f"domain {d!r}")
     with_combined = [i for i, m in enumerate(bp.modules) if m.combined is not None]
     if with_combined and len(with_combined) != len(bp.modules):
         first_missing = next(i for i, m in enumerate(bp.modules) if m.combined is None)
@@ -97,7 +104,9 @@ def check_ranks(bp: Blueprint) -> Iterable[Issue]:
         )
         return
     if with_combined:
-        entries = [(i, m.combined.rank, m.combined.score) for i, m in enumerate(bp.modules) if m.combined is not None]
+        entries = [
+            (i, m.combined.rank, m.combined.score) for i, m in enumerate(bp.modules) if m.combined is not None
+        ]
         yield from _check_ranking(entries, lambda i: f"/modules/{i}/combined/rank", "combined")
 
 
@@ -126,7 +135,9 @@ def _check_shares(shares: MassShares, base: str) -> Iterable[Issue]:
     for (fraction, share), name in zip(shares.as_pairs(), ("top_1", "top_5", "top_10", "top_20", "top_50")):
         if share < previous - FRACTION_ATOL:
             yield make_error(
-                "shares-not-monotone", f"{name} ({share:.6g}) is below {previous_name} ({previous:.6g})", f"{base}/{name}"
+                "shares-not-monotone",
+                f"{name} ({share:.6g}) is below {previous_name} ({previous:.6g})",
+                f"{base}/{name}",
             )
             return
         if share < fraction - FRACTION_ATOL:
@@ -148,7 +159,11 @@ def check_domains(bp: Blueprint) -> Iterable[Issue]:
     if weights is not None:
         total = math.fsum(weights.values())
         if abs(total - 1.0) > WEIGHT_ATOL:
-            yield make_error("domain-weights-sum", f"allocation weights sum to {total:.9g}, not 1", "/allocation/domain_weights")
+            yield make_error(
+                "domain-weights-sum",
+                f"allocation weights sum to {total:.9g}, not 1",
+                "/allocation/domain_weights",
+            )
     minimum = bp.method.min_examples_per_aggregate
     for i, d in enumerate(bp.domains):
         base = f"/domains/{i}"
@@ -167,7 +182,9 @@ def check_domains(bp: Blueprint) -> Iterable[Issue]:
         present = [k for k, v in numbers.items() if v is not None]
         if fit.status == "ok" and len(present) != len(numbers):
             missing = ", ".join(k for k in numbers if k not in present)
-            yield make_error("fit-status-mismatch", f"status is ok but {missing} is missing", f"{base}/heavy_tail/status")
+            yield make_error(
+                "fit-status-mismatch", f"status is ok but {missing} is missing", f"{base}/heavy_tail/status"
+            )
         elif fit.status != "ok" and present:
             yield make_error(
                 "fit-status-mismatch",
@@ -253,7 +270,11 @@ def check_files(bp: Blueprint) -> Iterable[Issue]:
         )
     q = ds.score_quantiles
     if q is not None and not (q.p10 <= q.p50 <= q.p90):
-        yield make_error("data-selection-inconsistent", "score quantiles must satisfy p10 <= p50 <= p90", "/data_selection/score_quantiles")
+        yield make_error(
+            "data-selection-inconsistent",
+            "score quantiles must satisfy p10 <= p50 <= p90",
+            "/data_selection/score_quantiles",
+        )
     if ds.examples_total < bp.method.min_examples_per_aggregate:
         yield make_error(
             "aggregate-too-small",

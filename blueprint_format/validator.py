@@ -64,7 +64,9 @@ def check_document(doc: Any) -> tuple[list[Issue], Blueprint | None]:
         return [version_issue], None
     modules = doc.get("modules")
     if isinstance(modules, list) and len(modules) > MAX_MODULES:
-        return [make_error("too-many-modules", f"{len(modules)} modules; the limit is {MAX_MODULES}", "/modules")], None
+        return [
+            make_error("too-many-modules", f"{len(modules)} modules; the limit is {MAX_MODULES}", "/modules")
+        ], None
 
     issues = schema_issues(doc)
     if minor > SUPPORTED_MINOR:
@@ -89,7 +91,9 @@ def check_document(doc: Any) -> tuple[list[Issue], Blueprint | None]:
         bp = Blueprint.model_validate(doc)
     except PydanticValidationError as exc:  # the schema accepted it: the two disagree, which is a bug
         return issues + [
-            make_error("schema-violation", f"model rejected what the schema accepted: {e['msg']}", _loc(e["loc"]))
+            make_error(
+                "schema-violation", f"model rejected what the schema accepted: {e['msg']}", _loc(e["loc"])
+            )
             for e in exc.errors()
         ], None
     issues += semantic_issues(bp)
