@@ -284,7 +284,8 @@ def compute_blueprint(
     rank = dist.get_rank() if is_dist else 0
     world = dist.get_world_size() if is_dist else 1
     ddp = type(model).__name__ == "DistributedDataParallel"
-    inner = model.module if ddp and isinstance(getattr(model, "module", None), nn.Module) else model
+    wrapped = getattr(model, "module", None)
+    inner: nn.Module = wrapped if ddp and isinstance(wrapped, nn.Module) else model
     dev = resolve_device(device)
     if precision is None:
         precision = _model_precision(inner)
@@ -422,7 +423,7 @@ def _run_domain(
                 loss = loss_fn(model, to_device(batch, dev))
             if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
                 raise compute_error("compute-failed", "loss_fn must return a scalar tensor", fallback="wrong-type")
-            loss.reshape(()).backward()
+            loss.reshape(()).backward()  # type: ignore[no-untyped-call]
             collector.accumulate(i)
             n_local += 1
     if world > 1 and dist.is_initialized():

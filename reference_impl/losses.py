@@ -140,7 +140,7 @@ def default_loss(model: nn.Module, tokenizer: Any | None = None) -> tuple[LossFn
         mask_id = getattr(tokenizer, "mask_token_id", None) if tokenizer is not None else None
         if mask_id is None:
             raise ValueError("a masked-LM loss needs a tokenizer with a mask token (pass tokenizer= or loss_fn=)")
-        vocab = int(getattr(config, "vocab_size", 0) or len(tokenizer))
+        vocab = int(getattr(config, "vocab_size", 0) or len(tokenizer))  # type: ignore[arg-type]
         specials = list(getattr(tokenizer, "all_special_ids", []) or [])
         return MaskedLMLoss(mask_id, vocab, specials), "masked-lm-15pct-cross-entropy"
     if task == "sequence-classification":

@@ -65,7 +65,7 @@ def _from_sorted_units(sizes: torch.Tensor, masses: torch.Tensor, exact: bool) -
     if n > MAX_VERTICES - 1:
         # Keep every vertex at an evenly spaced unit index; a chord of a concave curve lies
         # below it, so the downsampled curve never overstates the gain.
-        cut = torch.linspace(0, n, MAX_VERTICES, device=sizes.device).round().long().unique()
+        cut = torch.unique(torch.linspace(0, n, MAX_VERTICES, device=sizes.device).round().long())
         cum_s = torch.cat([sizes.new_zeros(1), torch.cumsum(sizes, 0)])[cut]
         cum_m = torch.cat([masses.new_zeros(1), torch.cumsum(masses, 0)])[cut]
         sizes = torch.diff(cum_s)

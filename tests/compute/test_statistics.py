@@ -116,7 +116,7 @@ def test_deterministic_for_fixed_seed_on_cpu() -> None:
 
         class Tok:
             mask_token_id = 3
-            all_special_ids = [0, 1, 2, 3]
+            all_special_ids = (0, 1, 2, 3)
 
             def __len__(self) -> int:
                 return 40

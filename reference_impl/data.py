@@ -1,0 +1,180 @@
+"""Calibration data files and their batches for Hugging Face models.
+
+Files: `.txt` (one example per line; blank lines are skipped) or `.jsonl` (one JSON object per
+line with a `text` string, a `label` (integer, or a string in the model's label2id) for sequence
+classification, and a `pair` string for the contrastive loss). Bytes must be UTF-8. Examples keep
+their file order unless shuffled with a seed.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import random
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from reference_impl.errors import input_error
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+#: Calibration files larger than this are refused before reading (they would not fit a blueprint run).
+MAX_DATA_BYTES = 2 * 1024**3
+
+
+@dataclass(frozen=True)
+class Example:
+    """One calibration example."""
+
+    text: str
+    label: int | str | None = None
+    pair: str | None = None
+
+    @property
+    def fingerprint_text(self) -> str:
+        """The text the data fingerprint covers (a pair's two texts joined by a tab)."""
+        return self.text if self.pair is None else f"{self.text}\t{self.pair}"
+
+
+def parse_data_arg(arg: str) -> tuple[str, Path]:
+    """`DOMAIN=FILE` or `FILE` (domain = the file's stem) -> (domain, path)."""
+    if "=" in arg:
+        name, _, file = arg.partition("=")
+        if NAME_RE.match(name):
+            return name, Path(file)
+    path = Path(arg)
+    name = path.stem
+    if not NAME_RE.match(name):
+        raise input_error(
+            "bad-name",
+            f"cannot use {name!r} (from {arg}) as a domain name; give one as DOMAIN=FILE "
+            "(letters, digits, '_', '-', '.', at most 64)",
+        )
+    return name, path
+
+
+def read_examples(path: str | Path) -> list[Example]:
+    """Examples of a .txt or .jsonl file. Raises ComputeInputError for unreadable, non-UTF-8 or empty files."""
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix not in (".txt", ".jsonl"):
+        raise input_error("io-error", f"{p}: calibration data must be a .txt or .jsonl file")
+    try:
+        size = p.stat().st_size
+        if size > MAX_DATA_BYTES:
+            raise input_error("too-large", f"{p}: {size} bytes exceeds the {MAX_DATA_BYTES}-byte limit")
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise input_error("io-error", f"cannot read {p}: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        bad_line = raw[: exc.start].count(b"\n") + 1
+        raise input_error(
+            "not-utf8", f"{p}: not UTF-8 at byte offset {exc.start} (line {bad_line}): {exc.reason}"
+        ) from None
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    examples: list[Example] = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        if suffix == ".txt":
+            examples.append(Example(line))
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise input_error("parse-error", f"{p}: line {lineno}: not JSON ({exc.msg})") from None
+        if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
+            raise input_error("missing-field", f"{p}: line {lineno}: expected an object with a string `text`")
+        label = obj.get("label")
+        if label is not None and (isinstance(label, bool) or not isinstance(label, (int, str))):
+            raise input_error("wrong-type", f"{p}: line {lineno}: `label` must be an integer or a string")
+        pair = obj.get("pair")
+        if pair is not None and not isinstance(pair, str):
+            raise input_error("wrong-type", f"{p}: line {lineno}: `pair` must be a string")
+        examples.append(Example(obj["text"], label, pair))
+    if not examples:
+        raise input_error("empty-document", f"{p}: no examples (the file is empty or blank)")
+    return examples
+
+
+def select_examples(
+    examples: list[Example], batch_size: int, max_batches: int | None, shuffle: bool, seed: int
+) -> list[Example]:
+    """The examples actually used: shuffled with `seed` if asked, cut to max_batches batches."""
+    chosen = list(examples)
+    if shuffle:
+        random.Random(seed).shuffle(chosen)
+    if max_batches is not None:
+        chosen = chosen[: max_batches * batch_size]
+    return chosen
+
+
+def _forward_keys(model: Any) -> set[str] | None:
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
+    return set(params)
+
+
+def _tokenize(tokenizer: Any, texts: list[str], seq_len: int, keys: set[str] | None) -> dict[str, Any]:
+    enc = tokenizer(texts, padding=True, truncation=True, max_length=seq_len, return_tensors="pt")
+    return {k: v for k, v in enc.items() if keys is None or k in keys}
+
+
+def _label_id(label: int | str | None, label2id: Mapping[str, int], where: str) -> int:
+    if label is None:
+        raise input_error("missing-field", f"{where}: sequence classification needs a `label` for every example")
+    if isinstance(label, int):
+        return label
+    if label in label2id:
+        return int(label2id[label])
+    raise input_error("bad-enum", f"{where}: label {label!r} is not one of the model's labels {sorted(label2id)}")
+
+
+def make_batches(
+    examples: list[Example],
+    tokenizer: Any,
+    model: Any,
+    task: str,
+    batch_size: int,
+    seq_len: int,
+    where: str = "data",
+) -> list[dict[str, Any]]:
+    """Tokenised batches (CPU tensors) for `task` ("causal-lm", "masked-lm",
+    "sequence-classification" or "contrastive")."""
+    import torch
+
+    keys = _forward_keys(model)
+    config = getattr(model, "config", None)
+    label2id = {str(k): int(v) for k, v in (getattr(config, "label2id", None) or {}).items()}
+    num_labels = getattr(config, "num_labels", None)
+    batches: list[dict[str, Any]] = []
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start : start + batch_size]
+        if task == "contrastive":
+            missing = [i for i, e in enumerate(chunk) if e.pair is None]
+            if missing:
+                raise input_error(
+                    "missing-field", f"{where}: the contrastive loss needs a `pair` text for every example (.jsonl)"
+                )
+            batches.append({
+                "anchor": _tokenize(tokenizer, [e.text for e in chunk], seq_len, keys),
+                "positive": _tokenize(tokenizer, [e.pair or "" for e in chunk], seq_len, keys),
+            })
+            continue
+        batch = _tokenize(tokenizer, [e.text for e in chunk], seq_len, keys)
+        if task == "sequence-classification":
+            labels = [_label_id(e.label, label2id, where) for e in chunk]
+            if num_labels is not None and any(not 0 <= v < int(num_labels) for v in labels):
+                raise input_error("out-of-range", f"{where}: labels must lie in [0, {num_labels})")
+            batch["labels"] = torch.tensor(labels, dtype=torch.long)
+        batches.append(batch)
+    return batches
