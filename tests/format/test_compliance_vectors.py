@@ -283,6 +283,31 @@ def test_vectors_through_files() -> None:
     assert differ == []
 
 
+def test_cli_json_over_all_vectors() -> None:
+    """`blueprint validate --json` on every vector at once: exit 1, one verdict per file."""
+    files = [str(COMPLIANCE / e["file"]) for e in VALID + INVALID]
+    run = subprocess.run(
+        [sys.executable, "-m", "blueprint_format", "validate", "--json", *files],
+        capture_output=True,
+        check=False,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert run.returncode == 1, run.stderr
+    assert b"Traceback" not in run.stderr
+    verdicts = {Path(r["path"]).resolve(): r for r in json.loads(run.stdout)}
+    assert len(verdicts) == len(files)
+    for entry in VALID:
+        assert verdicts[(COMPLIANCE / entry["file"]).resolve()]["valid"] is True, entry["file"]
+    for entry in INVALID:
+        if entry["file"] in VALIDATOR_GAPS:
+            continue
+        verdict = verdicts[(COMPLIANCE / entry["file"]).resolve()]
+        assert verdict["valid"] is False, entry["file"]
+        got = {(e["code"], e["path"]) for e in verdict["errors"]}
+        assert set(_pairs(entry["errors"])) <= got, entry["file"]
+
+
 # ---------------------------------------------------------------------------------------------
 # Raw schema and pydantic model, each on its own
 

@@ -82,6 +82,7 @@ LAYERS: dict[str, str] = {
     "data-selection-inconsistent": "semantic",
 }
 WEIGHT_TOLERANCE = 1e-6
+MAX_SAFE_INTEGER = 2**53 - 1
 BUDGET_TOLERANCE = 1e-9
 
 Doc = dict[str, Any]
@@ -899,6 +900,94 @@ def domain_weights_override_doc() -> Doc:
     return doc
 
 
+def boundary_doc() -> Doc:
+    """Values exactly at their allowed bounds."""
+    long_domain = "b" + "-" * 62 + "z"  # 64 characters, the maximum
+    long_module = "m" + "." * 510 + "x"  # 512 characters, the maximum
+    assert len(long_domain) == 64 and len(long_module) == 512
+    doc = skeleton("example-org/boundaries", created="2026-12-31T23:59:59.999999999-23:59", min_examples=1)
+    doc["description"] = ""
+    doc["model"]["tensor_count"] = MAX_SAFE_INTEGER
+    doc["model"]["parameter_count"] = MAX_SAFE_INTEGER
+    doc["provenance"]["change_note"] = ""
+    doc["method"].update({"batch_size": 1, "seed": 0, "world_size": 1})
+    zero = {"grad_norm_mean": 0, "grad_norm_median": 0, "grad_norm_sq_mean": 0, "mean_grad_norm": 0}
+    doc["domains"] = [
+        {
+            "name": "a",
+            "weight": 1,
+            "examples": 1,
+            "batches": 1,
+            "heavy_tail": {
+                "statistic": "grad_norm_mean",
+                "method": "x-" + "z" * 63,
+                "exponent_convention": "pdf",
+                "status": "ok",
+                "exponent": 1e6,
+                "x_min": 0.5,
+                "ks_distance": 0,
+                "sample_count": 2,
+                "tail_count": 1,
+                "message": "",
+                "mass_shares": mass_shares([0.5, 0]),
+            },
+        },
+        {
+            "name": long_domain,
+            "weight": 0.0,
+            "examples": 1,
+            "batches": 1,
+            "heavy_tail": {
+                "statistic": "grad_norm_sq_mean",
+                "method": "csn-mle",
+                "exponent_convention": "tail-index",
+                "status": "insufficient-data",
+                "sample_count": 2,
+                "tail_count": 0,
+                "mass_shares": mass_shares([0, 0]),
+            },
+        },
+    ]
+    doc["modules"] = [
+        {
+            "name": "m0",
+            "parameter_count": 1,
+            "stats": {
+                "a": {"grad_norm_mean": 0.5, "grad_norm_median": 1e300, "grad_norm_sq_mean": 0.25, "rank": 1},
+                long_domain: {**zero, "rank": 1},
+            },
+            "combined": {"score": 1.0, "rank": 1},
+            "k_star": 1,
+        },
+        {
+            "name": long_module,
+            "parameter_count": MAX_SAFE_INTEGER - 1,
+            "stats": {"a": {**zero, "rank": 2}, long_domain: {**zero, "rank": 2}},
+            "combined": {"score": 0, "rank": 2},
+        },
+    ]
+    doc["allocation"] = {
+        "rule": {"name": "global-budget", "parameters": {"budget": 1}},
+        "statistic": "grad_norm_mean",
+        "granularity": "element",
+        "cost_model": linear_cost(per_parameter=0, fixed=0),
+        "domain_weights": {"a": 1, long_domain: 0},
+        "trainable_fraction": trainable_fraction(doc["modules"]),
+    }
+    doc["data_selection"] = {
+        "method": "x",
+        "direction": "lowest",
+        "fraction": 0.001,
+        "drop_top_fraction": 0,
+        "examples_total": 1000,
+        "examples_selected": 0,
+        "score_quantiles": {"p10": 0, "p50": 0, "p90": 1e300},
+    }
+    doc["sidecars"] = []
+    doc["extensions"] = {}
+    return doc
+
+
 def valid_vectors() -> list[tuple[str, str, Doc, list[dict[str, str]]]]:
     """(stem, description, document, expected warnings)."""
     return [
@@ -1037,6 +1126,14 @@ def valid_vectors() -> list[tuple[str, str, Doc, list[dict[str, str]]]]:
             "integral-floats",
             "Counts and ranks written as integral floats (5.0); JSON Schema counts them as integers.",
             integral_floats_doc(),
+            [],
+        ),
+        (
+            "boundary-values",
+            "Values at their bounds: counts of 2^53 - 1, k* = 1, weights 0 and 1, zero statistics, a "
+            "statistic of 1e300, exponent 1e6, KS distance 0, shares of 1, a 512-character module name, a "
+            "64-character domain name, 9 fractional digits in the timestamp, empty strings and arrays.",
+            boundary_doc(),
             [],
         ),
         ("unicode", "Non-ASCII text (including non-BMP and U+2028) in descriptions.", unicode_doc(), []),
