@@ -19,6 +19,7 @@ from blueprint_format import (
     Blueprint,
     BlueprintError,
     BlueprintIOError,
+    BlueprintValidationError,
     ContainerError,
     TensorInfo,
     dumps,
@@ -123,7 +124,14 @@ def parse_embedded(data: bytes | str, where: str) -> Blueprint:
 
 def canonical_text(bp: Blueprint) -> str:
     """The RFC 8785 canonical JSON of `bp` as text."""
-    return dumps(bp).decode("utf-8")
+    try:
+        return dumps(bp).decode("utf-8")
+    except BlueprintError:
+        raise
+    except (ValueError, TypeError, OverflowError) as exc:  # e.g. an integer beyond 2**53 in extensions
+        raise BlueprintValidationError(
+            make_error("out-of-range", f"the blueprint has no canonical JSON form: {exc}")
+        ) from None
 
 
 @contextlib.contextmanager

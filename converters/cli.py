@@ -73,15 +73,16 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 def cmd_extract(args: argparse.Namespace) -> int:
     """Print (or write) the canonical JSON of TARGET's blueprint; exit 1 when it holds none."""
-    from blueprint_format import atomic_write_bytes, digest, dumps
+    from blueprint_format import atomic_write_bytes, digest
     from blueprint_format.errors import ContainerError, make_error
+    from converters.base import canonical_text
     from converters.registry import extract, kind_of
 
     target = _existing(args.target)
     bp = extract(target)
     if bp is None:
         raise ContainerError(make_error("no-blueprint", f"{target} holds no blueprint"))
-    data = dumps(bp)
+    data = canonical_text(bp).encode("utf-8")
     if args.output:
         atomic_write_bytes(args.output, data)
     if args.json:
@@ -130,17 +131,18 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 def cmd_pull(args: argparse.Namespace) -> int:
     """Fetch a repository's blueprint (blueprint.json or card) and print or write its canonical JSON."""
-    from blueprint_format import atomic_write_bytes, dumps
+    from blueprint_format import atomic_write_bytes
     from blueprint_format.errors import ContainerError, make_error
+    from converters.base import canonical_text
     from converters.hub import pull
 
     bp = pull(args.repo, repo_type=args.repo_type, revision=args.revision, local_files_only=args.offline)
     if bp is None:
         raise ContainerError(make_error("no-blueprint", f"{args.repo} publishes no blueprint"))
     if args.output:
-        atomic_write_bytes(args.output, dumps(bp))
+        atomic_write_bytes(args.output, canonical_text(bp).encode("utf-8"))
     else:
-        sys.stdout.buffer.write(dumps(bp) + b"\n")
+        sys.stdout.buffer.write(canonical_text(bp).encode("utf-8") + b"\n")
         sys.stdout.flush()
     return 0
 

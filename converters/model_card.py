@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from blueprint_format import Blueprint, BlueprintError, atomic_write_bytes, digest, dumps, load
+from blueprint_format import Blueprint, BlueprintError, atomic_write_bytes, digest, load
 from blueprint_format.errors import ContainerError, make_error
 from converters.base import (
     BLUEPRINT_FILE,
@@ -37,6 +37,7 @@ from converters.base import (
     Converter,
     WriteResult,
     bad_container,
+    canonical_text,
     io_error,
     parse_embedded,
     same_file,
@@ -224,7 +225,7 @@ def _cell(name: str) -> str:
 
 def generated_section(bp: Blueprint, nl: str, file_name: str = BLUEPRINT_FILE) -> str:
     """The Markdown section between the begin/end markers (ending with a newline)."""
-    canonical = dumps(bp)
+    canonical = canonical_text(bp).encode("utf-8")
     use_combined = all(m.combined is not None for m in bp.modules)
     first = bp.domain_names[0]
     if use_combined:
@@ -473,7 +474,7 @@ class ModelCardConverter(Converter):
         sidecar = target.parent / BLUEPRINT_FILE
         files = []
         if opts.get("sidecar", True):
-            atomic_write_bytes(sidecar, dumps(bp))
+            atomic_write_bytes(sidecar, canonical_text(bp).encode("utf-8"))
             files.append(sidecar)
         atomic_write_bytes(target, new_text.encode("utf-8"))
         files.append(target)

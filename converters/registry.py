@@ -14,7 +14,7 @@ from typing import Any
 
 from blueprint_format import Blueprint, check_binding
 from blueprint_format.errors import BindingError, ContainerError, Issue, make_error
-from converters.base import Converter, WriteResult, io_error
+from converters.base import Converter, WriteResult, canonical_text, io_error
 
 SUFFIXES = {
     ".safetensors": "safetensors",
@@ -122,6 +122,7 @@ def embed(
 
     With `force`, binding problems become warnings on the result.
     """
+    canonical_text(bp)  # refuses a blueprint without a canonical form before anything is touched
     converter = converter_for(target)
     warnings: list[str] = []
     tensors = converter.tensors(target)
