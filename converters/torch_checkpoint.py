@@ -17,7 +17,7 @@ import json
 import pickle
 from collections.abc import Mapping, MutableMapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 from blueprint_format import Blueprint, TensorInfo, atomic_writer
 from blueprint_format.errors import ContainerError, make_error
@@ -30,7 +30,6 @@ from converters.base import (
     parse_embedded,
     require_file,
     same_file,
-    wrap_library_errors,
 )
 
 #: torch dtype name -> safetensors dtype code (for the binding check).
@@ -52,6 +51,24 @@ TORCH_TO_SAFETENSORS = {
     "float8_e5m2": "F8_E5M2",
     "complex64": "C64",
 }
+
+
+class _RecordingWriter:
+    """A write-only file wrapper that remembers the OSError a write raised."""
+
+    def __init__(self, fh: Any) -> None:
+        self.fh = fh
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return int(self.fh.write(data))
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.fh.flush()
 
 
 def _is_zip_checkpoint(path: Path) -> bool:
@@ -174,9 +191,15 @@ class TorchCheckpointConverter(Converter):
         target = out if out is not None else path
         if not changed and (out is None or same_file(out, path)):
             return WriteResult(path=path, changed=False)
-        with (
-            atomic_writer(target) as fh,
-            wrap_library_errors(target, "cannot save the checkpoint", "write-failed"),
-        ):
-            torch.save(obj, fh)
+        with atomic_writer(target) as fh:
+            writer = _RecordingWriter(fh)
+            try:
+                torch.save(obj, cast(IO[bytes], writer))
+            except Exception as exc:
+                # torch reports a failed write as a RuntimeError; surface the OS error it swallowed.
+                if writer.error is not None:
+                    raise writer.error from None
+                if isinstance(exc, OSError):
+                    raise
+                raise bad_container(path, f"cannot save the checkpoint: {type(exc).__name__}: {exc}") from None
         return WriteResult(path=target, changed=changed, files=[target])
