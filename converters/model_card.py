@@ -10,7 +10,7 @@ byte:
 * a generated Markdown section between the exact lines `<!-- gradient-blueprint:begin -->` and
   `<!-- gradient-blueprint:end -->` (table Layer | Grad norm | k*, the heavy-tail line per domain,
   and, when the canonical JSON is at most 32 KiB, the whole blueprint in a fenced json block),
-  appended after a blank line or replacing the previous section.
+  appended after the body (one newline between) or replacing the previous section.
 
 The edit is textual (huggingface_hub's ModelCard re-serializes the YAML and would reorder or
 restyle other keys); the result is checked by parsing both versions with yaml.safe_load: every
@@ -359,9 +359,10 @@ def embed_in_text(text: str, bp: Blueprint, where: str = "card", file_name: str 
     elif not card.body:
         card.body = section
     else:
-        nl = _body_nl(card)
-        sep = nl if card.body.endswith("\n") else nl + nl
-        card.body = card.body + sep + section
+        # Exactly one newline goes between: a blank line after a body that ends with a newline,
+        # a line break after one that does not (an HTML comment may interrupt a paragraph). Either
+        # way strip removes exactly that one newline, so the body comes back byte for byte.
+        card.body = card.body + _body_nl(card) + section
     new_text = card.render()
     _check_other_keys(old, new_text, where, expect=entry)
     return new_text
@@ -384,9 +385,8 @@ def remove_from_text(text: str, where: str = "card") -> str | None:
     span2 = _section_span(card.body, where)
     if span2 is not None:
         before, after = card.body[: span2[0]], card.body[span2[1] :]
-        nl = "\r\n" if before.endswith("\r\n") else "\n"
-        if not after and before.endswith(nl) and before[: -len(nl)].endswith("\n"):
-            before = before[: -len(nl)]  # the blank line embedding added before the section
+        if not after:  # appended by embed: drop the one newline it put before the section
+            before = before.removesuffix("\r\n") if before.endswith("\r\n") else before.removesuffix("\n")
         card.body = before + after
         changed = True
     if not changed:

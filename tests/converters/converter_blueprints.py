@@ -92,7 +92,7 @@ def build_document(
         "allocation": {
             "rule": {"name": "global-budget", "parameters": {"budget": 1.0}},
             "statistic": "grad_norm_mean",
-            "granularity": "module",
+            "granularity": "element",
             "cost_model": {"name": "linear", "fixed": 1.0, "per_parameter": 1e-6, "unit": "s"},
             "trainable_fraction": trainable / total,
         },
