@@ -19,6 +19,7 @@ Both are computed with torch on the tensors' device; only the (small) curves com
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -99,14 +100,16 @@ def histogram(values: torch.Tensor, top: torch.Tensor | float) -> tuple[torch.Te
     """
     v = values.detach().reshape(-1).to(torch.float32)
     nbins = BINS_PER_DECADE * DECADES + 1
-    top_t = torch.as_tensor(top, dtype=torch.float32, device=v.device)
-    ratio = torch.where(top_t > 0, v / top_t, torch.zeros_like(v))
-    tiny = torch.finfo(torch.float32).tiny
-    idx = torch.floor(-torch.log10(ratio.clamp_min(tiny)) * BINS_PER_DECADE)
-    idx = idx.clamp(0, nbins - 1).long()
-    idx = torch.where(ratio > 0, idx, torch.full_like(idx, nbins - 1))
+    top_v = float(top) if not isinstance(top, torch.Tensor) else float(top.item())
+    if not top_v > 0:
+        idx = torch.full(v.shape, nbins - 1, dtype=torch.long, device=v.device)
+    else:
+        # Bin = floor(B * log10(top / v)); zeros give +inf and land in the last bin via the clamp.
+        t = torch.log10(v)
+        t.sub_(math.log10(top_v)).mul_(-float(BINS_PER_DECADE)).clamp_(0, nbins - 1)
+        idx = t.long()  # truncation = floor for non-negative values
     counts = torch.bincount(idx, minlength=nbins)
-    masses = torch.bincount(idx, weights=v.to(torch.float64), minlength=nbins)
+    masses = torch.bincount(idx, weights=v, minlength=nbins).to(torch.float64)
     return counts, masses
 
 
