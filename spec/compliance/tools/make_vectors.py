@@ -1494,6 +1494,15 @@ def invalid_vectors() -> list[Vector]:
             [("non-finite-number", "/modules/0/stats/general/grad_norm_mean")],
             text.replace(gnm, f'"grad_norm_mean": {literal},').encode("utf-8"),
         )
+    median = '"grad_norm_median": 0.04836,'
+    assert text.count(median) == 1
+    for stem, digits in (("huge-integer", 401), ("5001-digit-integer", 5001)):
+        add(
+            f"non-finite-number--{stem}",
+            f"An integer literal of {digits} digits as a statistic: it overflows a double.",
+            [("non-finite-number", "/modules/0/stats/general/grad_norm_median")],
+            text.replace(median, '"grad_norm_median": 1' + "0" * (digits - 1) + ",").encode("utf-8"),
+        )
     add(
         "not-an-object--array",
         "The top-level value is an array holding a valid document.",
