@@ -1,0 +1,72 @@
+"""torchrun --standalone --nproc_per_node=2 (gloo, CPU) gives the single-process blueprint."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import blueprint_format as bf
+from reference_impl import compute_blueprint
+from tests.compute.conftest import TinyNet, tiny_batches, tiny_loss
+
+CREATED = "2026-01-01T00:00:00Z"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _compare(a: bf.Blueprint, b: bf.Blueprint) -> None:
+    assert [m.name for m in a.modules] == [m.name for m in b.modules]
+    for ma, mb in zip(a.modules, b.modules):
+        for d in a.domain_names:
+            for key in ("grad_norm_mean", "grad_norm_median", "grad_norm_sq_mean", "mean_grad_norm"):
+                assert getattr(ma.stats[d], key) == pytest.approx(getattr(mb.stats[d], key), rel=1e-5), (ma.name, d, key)
+            assert ma.stats[d].rank == mb.stats[d].rank
+        assert ma.combined is not None and mb.combined is not None
+        assert ma.combined.score == pytest.approx(mb.combined.score, rel=1e-5)
+        assert (ma.k_star is None) == (mb.k_star is None)
+        if ma.k_star is not None:
+            assert ma.k_star == pytest.approx(mb.k_star, rel=1e-3)  # type: ignore[arg-type]
+    for da, db in zip(a.domains, b.domains):
+        assert (da.examples, da.batches) == (db.examples, db.batches)
+        assert da.element_mass_shares is not None and db.element_mass_shares is not None
+        assert [s for _, s in da.element_mass_shares.as_pairs()] == pytest.approx(
+            [s for _, s in db.element_mass_shares.as_pairs()], rel=1e-5
+        )
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_torchrun_two_processes_match_one(tmp_path: Path) -> None:
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
+    assert torchrun is not None
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.run(
+        [torchrun, "--standalone", "--nproc_per_node=2", str(Path(__file__).with_name("dist_worker.py")), str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    multi = bf.load(tmp_path / "plain.json")
+    assert multi.method.world_size == 2
+
+    torch.manual_seed(0)
+    single = compute_blueprint(
+        TinyNet(), {"alpha": tiny_batches(1, 7), "beta": tiny_batches(2, 6)}, tiny_loss, created=CREATED, device="cpu"
+    )
+    assert single.method.world_size == 1
+    _compare(multi, single)
+
+    # DDP: every step averages the two processes' batches; one process on the merged batches agrees.
+    ddp = bf.load(tmp_path / "ddp.json")
+    small = tiny_batches(1, 8, size=4)
+    merged = [
+        (torch.cat([small[k][0], small[k + 1][0]]), torch.cat([small[k][1], small[k + 1][1]])) for k in range(0, 8, 2)
+    ]
+    torch.manual_seed(0)
+    ref = compute_blueprint(TinyNet(), {"alpha": merged}, tiny_loss, created=CREATED, device="cpu",
+                            min_examples_per_aggregate=16)
+    _compare(ddp, ref)
