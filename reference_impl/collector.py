@@ -92,6 +92,8 @@ class GradientCollector:
         self._owner = torch.tensor(owner, dtype=torch.long, device=device)
         self._owner_list = owner
         self._acc_dtype = torch.float32 if device.type == "mps" else torch.float64
+        # Norms are taken in float32 (widening half/bfloat16 gradients) unless the model is float64.
+        self._norm_dtype = torch.float64 if any(p.dtype == torch.float64 for p in self.params) else torch.float32
         self.synchronized_grads = synchronized_grads
         self.total_elements = sum(int(p.numel()) for p in self.params)
         self.exact = self.total_elements <= exact_limit
@@ -105,8 +107,11 @@ class GradientCollector:
     # -- per batch -------------------------------------------------------------------------
     def begin_domain(self) -> None:
         """Reset the per-domain accumulators."""
-        self._sums = [torch.zeros_like(p, dtype=torch.float32, memory_format=torch.contiguous_format)
-                      for p in self.params]
+        self._sums = [
+            torch.zeros_like(p, dtype=torch.float64 if p.dtype == torch.float64 else torch.float32,
+                             memory_format=torch.contiguous_format)
+            for p in self.params
+        ]
         self._norms = []
         self._batch_ids = []
         self._reached = [False] * len(self.params)
@@ -130,7 +135,7 @@ class GradientCollector:
     def accumulate(self, batch_index: int) -> None:
         """Fold the gradients now in `.grad` (one batch) into the accumulators. No host sync."""
         grads = self._grads()
-        norms = torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float32)).to(self._acc_dtype)
+        norms = torch.stack(torch._foreach_norm(grads, 2, dtype=self._norm_dtype)).to(self._acc_dtype)
         module_sq = torch.zeros(len(self.modules), dtype=self._acc_dtype, device=self.device)
         module_sq.index_add_(0, self._owner, norms * norms)
         self._norms.append(module_sq.sqrt_())
@@ -183,7 +188,7 @@ class GradientCollector:
         # Mean gradient per element, in place (the sums are not needed afterwards).
         torch._foreach_div_(self._sums, float(n_batches))
         mean = self._sums
-        pnorm = torch.stack(torch._foreach_norm(mean, 2, dtype=torch.float32)).to(self._acc_dtype)
+        pnorm = torch.stack(torch._foreach_norm(mean, 2, dtype=self._norm_dtype)).to(self._acc_dtype)
         msq = torch.zeros(len(self.modules), dtype=self._acc_dtype, device=self.device)
         msq.index_add_(0, self._owner, pnorm * pnorm)
         mean_grad_norm = msq.sqrt()

@@ -20,6 +20,7 @@ What it does, all offline:
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import sys
@@ -49,7 +50,7 @@ def corpus_pairs(category: str, limit: int) -> list[tuple[str, str]]:
     pairs: list[tuple[str, str]] = []
     for conv in doc.get("conversations", []):
         turns = [str(t).strip() for t in conv if str(t).strip()]
-        pairs.extend(zip(turns, turns[1:]))
+        pairs.extend(itertools.pairwise(turns))
     return pairs[:limit]
 
 
@@ -62,6 +63,11 @@ def short(name: str) -> str:
     ):
         name = name.replace(a, b)
     return name
+
+
+def _params(rule: Any) -> dict[str, Any]:
+    p = rule.parameters
+    return dict(p) if isinstance(p, dict) else dict(p.model_dump(exclude_none=True))
 
 
 def print_table(bp: Any) -> None:
@@ -139,7 +145,7 @@ def plot(bp: Any, out: Path) -> list[Path]:
     ax.set_xticklabels([short(m.name) for m in bp.modules], rotation=90, fontsize=6)
     ax.set_ylabel("k* (fraction of the module's parameters to update)")
     rule = bp.allocation.rule
-    ax.set_title(f"k* per module: {rule.name} {rule.parameters.model_dump()} at {bp.allocation.granularity} granularity")
+    ax.set_title(f"k* per module: {rule.name} {_params(rule)} at {bp.allocation.granularity} granularity")
     fig.tight_layout()
     p2 = out / "k_star_per_module.png"
     fig.savefig(p2, dpi=120)
@@ -209,11 +215,10 @@ def main() -> int:
         batch_size=BATCH_PAIRS, seq_len=SEQ_LEN, seed=0, progress=True,
         description="Reference demo: all-MiniLM-L6-v2 on three chatterbot-corpus categories.",
     )
-    issues = bf.validate(bp)
-    binding = bf.check_binding(bp, bf.model_tensors(model_path))
-    if [i for i in issues if i.is_error] or binding:
-        for i in issues + binding:
-            print(f"  {i}", file=sys.stderr)
+    problems = [i for i in bf.validate(bp) if i.is_error] + bf.check_binding(bp, bf.model_tensors(model_path))
+    if problems:
+        for issue in problems:
+            print(f"  {issue}", file=sys.stderr)
         return 1
     blueprint_file = OUT / "blueprint.json"
     bf.dump(bp, blueprint_file, indent=2)
@@ -222,7 +227,7 @@ def main() -> int:
     print_fits(bp)
     a = bp.allocation
     print(
-        f"\nallocation: {a.rule.name} {a.rule.parameters.model_dump()} at {a.granularity} granularity -> "
+        f"\nallocation: {a.rule.name} {_params(a.rule)} at {a.granularity} granularity -> "
         f"{a.trainable_fraction:.1%} of {sum(m.parameter_count for m in bp.modules):,} parameters trainable"
     )
     folder, how = embed_copy(bp, model_path, OUT)

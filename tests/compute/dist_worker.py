@@ -15,9 +15,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import blueprint_format as bf  # noqa: E402
-from reference_impl import compute_blueprint  # noqa: E402
-from tests.compute.conftest import TinyNet, tiny_batches, tiny_loss  # noqa: E402
+import blueprint_format as bf
+from reference_impl import compute_blueprint
+from tests.compute.conftest import TinyNet, tiny_batches, tiny_loss
 
 CREATED = "2026-01-01T00:00:00Z"
 

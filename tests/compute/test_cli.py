@@ -15,7 +15,7 @@ import blueprint_format as bf
 from blueprint_format.cli import main
 from tests.compute.hf_folders import make_folder
 
-WORDS = "the a cat dog sat on mat ran fast slow big small red blue green tree house".split()
+WORDS = ["the", "a", "cat", "dog", "sat", "on", "mat", "ran", "fast", "slow", "big", "small", "red", "blue", "green", "tree", "house"]
 
 
 def _lines(seed: int, n: int) -> list[str]:
