@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, JsonValue, model_validator
 
 from blueprint_format.limits import MAX_MODULES, MAX_SAFE_INTEGER
 
@@ -22,6 +22,24 @@ def _integral(value: Any) -> Any:
     return value
 
 
+def _json_safe(value: Any) -> Any:
+    # Free-form values (extensions, x- rule parameters) follow the reader's number rule: integers
+    # beyond 2**53 - 1 are doubles, as RFC 8785 and a JavaScript reader treat them.
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and abs(value) > MAX_SAFE_INTEGER:
+        try:
+            return float(value)
+        except OverflowError:
+            raise ValueError("integer too large for a double") from None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+FreeJson = Annotated[JsonValue, BeforeValidator(_json_safe)]
 Count = Annotated[int, BeforeValidator(_integral), Field(ge=0, le=MAX_SAFE_INTEGER)]
 PositiveCount = Annotated[int, BeforeValidator(_integral), Field(ge=1, le=MAX_SAFE_INTEGER)]
 Statistic = Annotated[float, Field(ge=0, le=1e300)]
@@ -52,7 +70,18 @@ StatisticName = Literal["grad_norm_mean", "grad_norm_median", "grad_norm_sq_mean
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid", populate_by_name=True, frozen=False)
+    # No populate_by_name: the schema knows only "$schema", never the Python name schema_uri.
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_null_members(cls, data: Any) -> Any:
+        # Optional members are absent, never null: the schema gives no member a null type.
+        if isinstance(data, dict):
+            for key, value in data.items():
+                if value is None:
+                    raise ValueError(f"member {key!r} is null; leave optional members out instead")
+        return data
 
 
 class Model(_Strict):
@@ -222,7 +251,7 @@ class CustomRule(_Strict):
     """A rule outside the spec, named with an `x-` prefix."""
 
     name: Annotated[str, Field(pattern=r"^x-[a-z0-9][a-z0-9.-]{0,62}$")]
-    parameters: Annotated[dict[str, JsonValue], Field(max_length=64)]
+    parameters: Annotated[dict[str, FreeJson], Field(max_length=64)]
 
 
 Rule = Union[GlobalBudgetRule, MassThresholdRule, MarginalRule, CustomRule]
@@ -283,7 +312,7 @@ class Blueprint(_Strict):
     allocation: Allocation
     data_selection: DataSelection | None = None
     sidecars: Annotated[list[Sidecar], Field(max_length=64)] | None = None
-    extensions: Annotated[dict[ExtensionName, JsonValue], Field(max_length=256)] | None = None
+    extensions: Annotated[dict[ExtensionName, FreeJson], Field(max_length=256)] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON values, absent optional members omitted."""

@@ -7,6 +7,7 @@ reads it from spec/ directly, so there is never a second copy to drift.
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from collections.abc import Iterator
@@ -37,10 +38,14 @@ def schema_text() -> str:
 
 
 @lru_cache(maxsize=1)
-def load_schema() -> dict[str, Any]:
-    """The parsed schema (cached)."""
+def _parsed_schema() -> dict[str, Any]:
     loaded: dict[str, Any] = json.loads(schema_text())
     return loaded
+
+
+def load_schema() -> dict[str, Any]:
+    """The parsed schema: a fresh copy, since some consumers (hypothesis-jsonschema) edit it in place."""
+    return copy.deepcopy(_parsed_schema())
 
 
 def _ecma_pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Iterator[ValidationError]:
@@ -68,7 +73,7 @@ _Validator = jsonschema.validators.extend(  # type: ignore[no-untyped-call]
 @lru_cache(maxsize=1)
 def schema_validator() -> Any:
     """A Draft 2020-12 validator for the schema, with ECMA-262 pattern semantics."""
-    return _Validator(load_schema())
+    return _Validator(_parsed_schema())
 
 
 def _pointer(parts: Any) -> str:

@@ -191,6 +191,12 @@ def check_domains(bp: Blueprint) -> Iterable[Issue]:
                 f"status is {fit.status} but {', '.join(present)} is given; a failed fit reports no numbers",
                 f"{base}/heavy_tail/status",
             )
+        if fit.sample_count != len(bp.modules):
+            yield make_error(
+                "inconsistent-fit",
+                f"sample_count {fit.sample_count} differs from the {len(bp.modules)} modules it summarises",
+                f"{base}/heavy_tail/sample_count",
+            )
         if fit.tail_count is not None and fit.tail_count > fit.sample_count:
             yield make_error(
                 "inconsistent-fit",
@@ -209,6 +215,14 @@ def check_allocation(bp: Blueprint) -> Iterable[Issue]:
             f"modules hold {total} parameters, more than the model's {bp.model.parameter_count}",
             "/model/parameter_count",
         )
+    if bp.allocation.granularity == "module":
+        for i, m in enumerate(bp.modules):
+            if m.k_star is not None and m.k_star != 1.0:
+                yield make_error(
+                    "k-star-out-of-range",
+                    f"k_star {m.k_star:.6g} at module granularity: a module is selected whole (1) or not at all",
+                    f"/modules/{i}/k_star",
+                )
     trainable = math.fsum((m.k_star or 0.0) * m.parameter_count for m in bp.modules)
     rule = bp.allocation.rule
     limit: float | None = None
@@ -260,6 +274,13 @@ def check_files(bp: Blueprint) -> Iterable[Issue]:
         yield make_error(
             "data-selection-inconsistent",
             f"{ds.examples_selected} examples selected out of {ds.examples_total}",
+            "/data_selection/examples_selected",
+        )
+    elif abs(ds.examples_selected - ds.fraction * ds.examples_total) > 1:
+        yield make_error(
+            "data-selection-inconsistent",
+            f"{ds.examples_selected} examples selected, but fraction {ds.fraction:.6g} of {ds.examples_total} is "
+            f"{ds.fraction * ds.examples_total:.6g}",
             "/data_selection/examples_selected",
         )
     if ds.drop_top_fraction is not None and ds.drop_top_fraction + ds.fraction > 1 + FRACTION_ATOL:

@@ -25,13 +25,21 @@ _SEMVER = re.compile(r"^(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\Z")
 
 
 def _version_issue(doc: dict[str, Any]) -> tuple[Issue | None, int]:
-    """An unsupported-major issue (or None) and the document's minor version (0 if unknown)."""
-    version = doc.get("spec_version")
+    """A version-layer issue (or None) and the document's minor version (0 if unknown)."""
+    if "spec_version" not in doc:
+        # Without a version the reader cannot tell which rules apply, so nothing else is reported.
+        return make_error("bad-version", "spec_version is missing", "/spec_version"), 0
+    version = doc["spec_version"]
     if not isinstance(version, str):
-        return None, 0  # the schema reports it as missing or of the wrong type
+        return None, 0  # the schema reports wrong-type
     match = _SEMVER.match(version)
     if match is None:
-        return None, 0  # the schema's pattern reports bad-version
+        return (
+            make_error(
+                "bad-version", f"spec_version {version[:40]!r} is not MAJOR.MINOR.PATCH", "/spec_version"
+            ),
+            0,
+        )
     major, minor = int(match.group(1)), int(match.group(2))
     if major != SUPPORTED_MAJOR:
         return (

@@ -15,45 +15,74 @@ def mass_shares(values: list[float]) -> dict[str, float]:
     """Non-parametric shares computed the spec's way (ceil(p*n) largest items)."""
     ordered = sorted(values, reverse=True)
     total = math.fsum(ordered) or 1.0
-    return {name: min(1.0, math.fsum(ordered[: max(1, math.ceil(p * len(ordered)))]) / total) for name, p in SHARES}
+    return {
+        name: min(1.0, math.fsum(ordered[: max(1, math.ceil(p * len(ordered)))]) / total)
+        for name, p in SHARES
+    }
 
 
-def make_doc(layers: int = 2, domains: tuple[str, ...] = ("general",), k_budget: float = 0.5) -> dict[str, Any]:
+def make_doc(
+    layers: int = 2, domains: tuple[str, ...] = ("general",), k_budget: float = 0.5
+) -> dict[str, Any]:
     """A valid blueprint for a small transformer-like model with attn/ffn modules per layer."""
     modules = []
     for layer in range(layers):
-        for part, base in (("attention", 0.05), ("ffn", 0.033)):
-            modules.append({"name": f"encoder.layer.{layer}.{part}", "type": "Linear", "parameter_count": 1000,
-                            "stats": {}})
+        for part in ("attention", "ffn"):
+            modules.append(
+                {
+                    "name": f"encoder.layer.{layer}.{part}",
+                    "type": "Linear",
+                    "parameter_count": 1000,
+                    "stats": {},
+                }
+            )
     for di, dom in enumerate(domains):
         means = [0.05 / (1 + i) * (1 + 0.1 * di) for i in range(len(modules))]
         order = sorted(range(len(modules)), key=lambda i: -means[i])
         for rank, i in enumerate(order, start=1):
             m = means[i]
             modules[i]["stats"][dom] = {
-                "grad_norm_mean": m, "grad_norm_median": m * 0.9, "grad_norm_sq_mean": m * m * 1.2,
-                "mean_grad_norm": m * 0.5, "rank": rank,
+                "grad_norm_mean": m,
+                "grad_norm_median": m * 0.9,
+                "grad_norm_sq_mean": m * m * 1.2,
+                "mean_grad_norm": m * 0.5,
+                "rank": rank,
             }
     n_sel = max(1, int(k_budget * len(modules)))
     for m in modules[:n_sel]:
         m["k_star"] = 1.0
     doc: dict[str, Any] = {
         "spec_version": "1.0.0",
-        "model": {"name": "example/tiny", "revision": "r1", "structure_digest": DIGEST,
-                  "parameter_count": 1000 * len(modules) + 10},
+        "model": {
+            "name": "example/tiny",
+            "revision": "r1",
+            "structure_digest": DIGEST,
+            "parameter_count": 1000 * len(modules) + 10,
+        },
         "provenance": {"created": "2026-11-29T12:00:00Z", "generator": {"name": "tests", "version": "0"}},
         "method": {"estimator": "batch-gradient-norm", "loss": "causal-lm", "min_examples_per_aggregate": 32},
         "domains": [
-            {"name": d, "weight": 1 / len(domains), "examples": 64, "batches": 2,
-             "heavy_tail": {"statistic": "grad_norm_mean", "method": "csn-mle", "exponent_convention": "rank-size",
-                            "status": "insufficient-data", "sample_count": len(modules),
-                            "mass_shares": mass_shares([m["stats"][d]["grad_norm_mean"] for m in modules])}}
+            {
+                "name": d,
+                "weight": 1 / len(domains),
+                "examples": 64,
+                "batches": 2,
+                "heavy_tail": {
+                    "statistic": "grad_norm_mean",
+                    "method": "csn-mle",
+                    "exponent_convention": "rank-size",
+                    "status": "insufficient-data",
+                    "sample_count": len(modules),
+                    "mass_shares": mass_shares([m["stats"][d]["grad_norm_mean"] for m in modules]),
+                },
+            }
             for d in domains
         ],
         "modules": modules,
         "allocation": {
             "rule": {"name": "global-budget", "parameters": {"budget": k_budget}},
-            "statistic": "grad_norm_mean", "granularity": "module",
+            "statistic": "grad_norm_mean",
+            "granularity": "module",
             "cost_model": {"name": "linear", "fixed": 1.0, "per_parameter": 1e-6, "unit": "relative"},
         },
     }
@@ -98,6 +127,7 @@ def repair(doc: dict[str, Any]) -> dict[str, Any]:
             else:
                 for k in present:
                     fit.pop(k, None)
+            fit["sample_count"] = len(doc["modules"])
             if fit.get("tail_count") is not None:
                 fit["tail_count"] = min(fit["tail_count"], fit["sample_count"])
             _fix_shares(fit["mass_shares"])
@@ -117,7 +147,9 @@ def repair(doc: dict[str, Any]) -> dict[str, Any]:
         m["stats"] = {d: copy.deepcopy(m["stats"].get(d, template)) for d in names}
         for s in m["stats"].values():
             s["grad_norm_mean"] = min(s["grad_norm_mean"], 1e100)
-            s["grad_norm_sq_mean"] = max(min(s["grad_norm_sq_mean"], 1e250), s["grad_norm_mean"] ** 2 * (1 + 1e-9))
+            s["grad_norm_sq_mean"] = max(
+                min(s["grad_norm_sq_mean"], 1e250), s["grad_norm_mean"] ** 2 * (1 + 1e-9)
+            )
             if "mean_grad_norm" in s:
                 s["mean_grad_norm"] = min(s["mean_grad_norm"], s["grad_norm_mean"])
     for d in names:
@@ -129,6 +161,10 @@ def repair(doc: dict[str, Any]) -> dict[str, Any]:
         for m, s, r in zip(doc["modules"], scores, _rank_by(scores)):
             m["combined"] = {"score": s, "rank": r}
     alloc = doc["allocation"]
+    if alloc["granularity"] == "module":
+        for m in doc["modules"]:
+            if "k_star" in m:
+                m["k_star"] = 1.0
     if "domain_weights" in alloc:
         alloc["domain_weights"] = {d["name"]: d["weight"] for d in doc["domains"]}
     total_params = sum(m["parameter_count"] for m in doc["modules"])
@@ -137,6 +173,13 @@ def repair(doc: dict[str, Any]) -> dict[str, Any]:
     if alloc["rule"]["name"] == "marginal":
         limit = params.get("max_fraction")
     trainable = math.fsum(m.get("k_star", 0.0) * m["parameter_count"] for m in doc["modules"])
+    if limit is not None and alloc["granularity"] == "module":
+        for m in doc["modules"]:  # whole modules: drop selections until the budget holds
+            if trainable <= limit * total_params:
+                break
+            if "k_star" in m:
+                del m["k_star"]
+                trainable -= m["parameter_count"]
     if limit is not None and trainable > limit * total_params:
         scale = limit * total_params / trainable * (1 - 1e-9)
         for m in doc["modules"]:
@@ -154,7 +197,7 @@ def repair(doc: dict[str, Any]) -> dict[str, Any]:
     ds = doc.get("data_selection")
     if ds is not None:
         ds["examples_total"] = max(ds["examples_total"], minimum)
-        ds["examples_selected"] = min(ds["examples_selected"], ds["examples_total"])
+        ds["examples_selected"] = min(round(ds["fraction"] * ds["examples_total"]), ds["examples_total"])
         if "drop_top_fraction" in ds:
             ds["drop_top_fraction"] = min(ds["drop_top_fraction"], 1 - ds["fraction"])
         if "domain" in ds and ds["domain"] not in names:

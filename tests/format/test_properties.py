@@ -26,14 +26,14 @@ SCHEMA_INSTANCES = from_schema(load_schema())
 VALID_BLUEPRINTS = SCHEMA_INSTANCES.map(repair)
 
 
-@settings(max_examples=40)
+@settings(max_examples=25)
 @given(SCHEMA_INSTANCES)
 def test_models_accept_what_the_schema_accepts(doc: dict[str, Any]) -> None:
     assert schema_issues(doc) == []
     Blueprint.model_validate(doc)
 
 
-@settings(max_examples=40)
+@settings(max_examples=25)
 @given(SCHEMA_INSTANCES, st.data())
 def test_models_reject_what_the_schema_rejects(doc: dict[str, Any], data: st.DataObject) -> None:
     # Break one member at a random place; both layers must agree on the verdict.
@@ -58,13 +58,13 @@ def _leaf_paths(node: Any) -> Any:
             yield from _leaf_paths(value)
 
 
-@settings(max_examples=40)
+@settings(max_examples=25)
 @given(VALID_BLUEPRINTS)
 def test_repaired_instances_are_valid(doc: dict[str, Any]) -> None:
     assert [(i.code, i.path) for i in validate(doc) if i.is_error] == []
 
 
-@settings(max_examples=40)
+@settings(max_examples=25)
 @given(VALID_BLUEPRINTS)
 def test_round_trip_and_byte_stability(doc: dict[str, Any]) -> None:
     bp = Blueprint.model_validate(doc)
@@ -138,7 +138,11 @@ def _weights(doc: dict[str, Any]) -> str:
 
 def _digest_case(doc: dict[str, Any]) -> str:
     doc["model"]["structure_digest"] = doc["model"]["structure_digest"].upper().replace("SHA256", "sha256")
-    return "bad-digest" if doc["model"]["structure_digest"] != doc["model"]["structure_digest"].lower() else "none"
+    return (
+        "bad-digest"
+        if doc["model"]["structure_digest"] != doc["model"]["structure_digest"].lower()
+        else "none"
+    )
 
 
 def _major(doc: dict[str, Any]) -> str:
@@ -175,8 +179,14 @@ def _fit_status(doc: dict[str, Any]) -> str | None:
 
 
 def _unsafe_sidecar(doc: dict[str, Any]) -> str:
-    doc["sidecars"] = [{"path": "../secrets.safetensors", "digest": "sha256:" + "0" * 64, "format": "safetensors",
-                        "granularity": "row"}]
+    doc["sidecars"] = [
+        {
+            "path": "../secrets.safetensors",
+            "digest": "sha256:" + "0" * 64,
+            "format": "safetensors",
+            "granularity": "row",
+        }
+    ]
     return "unsafe-path"
 
 
@@ -186,12 +196,26 @@ def _aggregate(doc: dict[str, Any]) -> str:
 
 
 MUTATIONS: list[Mutation] = [
-    _k_star_zero, _k_star_above_one, _duplicate_module, _negative_statistic, _rank_beyond, _rank_swap, _jensen,
-    _weights, _digest_case, _major, _missing, _unknown, _unknown_domain, _fit_status, _unsafe_sidecar, _aggregate,
+    _k_star_zero,
+    _k_star_above_one,
+    _duplicate_module,
+    _negative_statistic,
+    _rank_beyond,
+    _rank_swap,
+    _jensen,
+    _weights,
+    _digest_case,
+    _major,
+    _missing,
+    _unknown,
+    _unknown_domain,
+    _fit_status,
+    _unsafe_sidecar,
+    _aggregate,
 ]
 
 
-@settings(max_examples=80)
+@settings(max_examples=50)
 @given(VALID_BLUEPRINTS, st.sampled_from(MUTATIONS))
 def test_single_mutation_is_rejected_with_its_code(doc: dict[str, Any], mutate: Mutation) -> None:
     broken = copy.deepcopy(doc)

@@ -1922,15 +1922,15 @@ def invalid_vectors() -> list[Vector]:
     )
     schema(
         "empty-domains",
-        "An empty domains array: minItems carries no x-error-code, so the code is schema-violation (SPEC 17.1).",
-        "schema-violation",
+        "An empty domains array: minItems carries no x-error-code, so the keyword decides: out-of-range (SPEC 17.1).",
+        "out-of-range",
         "/domains",
         ("set", "/domains", []),
     )
     schema(
         "65-sidecars",
-        "65 sidecars; at most 64 are allowed (SPEC 15.2: schema-violation).",
-        "schema-violation",
+        "65 sidecars; at most 64 are allowed (SPEC 15.2: out-of-range).",
+        "out-of-range",
         "/sidecars",
         (
             "set",
@@ -1948,8 +1948,8 @@ def invalid_vectors() -> list[Vector]:
     )
     schema(
         "model-name-too-long",
-        "model.name of 257 characters (maxLength carries no x-error-code: schema-violation).",
-        "schema-violation",
+        "model.name of 257 characters (maxLength carries no x-error-code: out-of-range).",
+        "out-of-range",
         "/model/name",
         ("set", "/model/name", "m" * 257),
     )
