@@ -61,6 +61,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--description", default=None)
     p.add_argument("--embed", action="store_true", help="also embed the blueprint into the model folder")
     p.add_argument("--pretty", action="store_true", help="indented JSON instead of canonical JSON")
+    p.add_argument(
+        "--sidecar", choices=("row", "element"), default=None,
+        help="also write row- or element-level scores to OUT's stem + .scores.safetensors, referenced by digest",
+    )
     p.set_defaults(handler=cmd_compute)
 
 
@@ -270,6 +274,8 @@ def cmd_compute(args: argparse.Namespace) -> int:
         precision=args.dtype, seed=args.seed, min_examples_per_aggregate=args.min_examples,
         batch_size=args.batch_size, seq_len=args.seq_len, progress=not args.quiet,
         publisher=args.publisher, description=args.description,
+        sidecar=out.with_name(out.stem + ".scores.safetensors") if args.sidecar else None,
+        sidecar_granularity=args.sidecar or "row",
     )
     issues = [i for i in bf.validate(bp) if i.is_error] + bf.check_binding(bp, tensors)
     if issues:  # a bug, not bad input: never write an invalid blueprint

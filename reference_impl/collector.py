@@ -259,6 +259,29 @@ class GradientCollector:
         else:
             torch._foreach_add_(self._combined, mean)
 
+    def score_tensors(self, granularity: str, keep: list[int]) -> dict[str, torch.Tensor]:
+        """Combined per-element (or per-row) scores of the kept modules, by tensor name, on the CPU.
+
+        The score is the domain-weighted squared mean gradient, normalised within each module and
+        domain (the quantity the gain curves rank); rows sum it over each row of a parameter.
+        """
+        if self._combined is None:
+            raise RuntimeError("scores need at least one finished domain")
+        out: dict[str, torch.Tensor] = {}
+        start = 0
+        offsets = []
+        for m in self.modules:
+            offsets.append(start)
+            start += len(m.params)
+        for i in keep:
+            m = self.modules[i]
+            for j, name in enumerate(m.tensor_names):
+                v = self._combined[offsets[i] + j].detach()
+                if granularity == "row":
+                    v = v.reshape(v.shape[0], -1).sum(dim=1) if v.dim() >= 1 else v.reshape(1)
+                out[name] = v.to("cpu", torch.float32).contiguous()
+        return out
+
     # -- allocation inputs -----------------------------------------------------------------
     def gain_curves(self, granularity: str) -> list[GainCurve]:
         """Per-module gain curves over the combined per-element squared-gradient mass.

@@ -45,6 +45,8 @@ STATISTICS = ("grad_norm_mean", "grad_norm_median", "grad_norm_sq_mean", "mean_g
 PRECISIONS = ("fp32", "fp64", "bf16", "fp16", "bf16-autocast", "fp16-autocast")
 #: Extension member where the reference implementation records details outside the spec.
 EXTENSION = "org.gradient-blueprints.reference-impl"
+#: What a score sidecar holds.
+SIDECAR_STATISTIC = "combined-normalised-squared-mean-gradient"
 
 
 @dataclass
@@ -258,6 +260,9 @@ def compute_blueprint(
     created: str | None = None,
     exact_limit: int | None = None,
     on_domain_done: Callable[[str, DomainStats], None] | None = None,
+    sidecar: str | Path | None = None,
+    sidecar_granularity: str = "row",
+    sidecar_ref: str | None = None,
 ) -> Blueprint:
     """Compute a spec v1 blueprint of `model` on the calibration `domains`.
 
@@ -268,8 +273,15 @@ def compute_blueprint(
     those weight files' headers; without it the blueprint binds to the model's state_dict.
     Under torch.distributed each process takes every world_size-th batch (`shard_batches`) and
     the results are combined; every process returns the same blueprint. Raises ComputeError /
-    ComputeInputError (BlueprintError subclasses) for refused input; nothing is written here.
+    ComputeInputError (BlueprintError subclasses) for refused input.
+
+    `sidecar`: also write the combined row- or element-level scores (`sidecar_granularity`) of
+    every module to this safetensors file (atomically; the only file this function writes) and
+    reference it from the blueprint by `sidecar_ref` (default: the file's name, i.e. beside the
+    blueprint) and SHA-256 digest.
     """
+    if sidecar is not None and sidecar_granularity not in ("row", "element"):
+        raise ValueError("sidecar_granularity must be 'row' or 'element'")
     if not domains:
         raise input_error("missing-field", "no calibration domains given")
     if statistic not in STATISTICS:
@@ -368,8 +380,19 @@ def compute_blueprint(
         granularity=granularity, statistic=statistic, cost_model=cost_model or CostModel(), dev=dev,
         precision=precision, seed=seed, min_examples=min_examples_per_aggregate, batch_size=batch_size,
         seq_len=seq_len, world=world, description=description, publisher=publisher, supersedes=supersedes,
-        created=created,
+        created=created, sidecar=(Path(sidecar), sidecar_granularity, sidecar_ref) if sidecar is not None else None,
     )
+
+
+def _write_sidecar(path: Path, tensors: dict[str, torch.Tensor], granularity: str) -> str:
+    """Write the scores as safetensors atomically; return the file's digest."""
+    from safetensors.torch import save
+
+    from blueprint_format.atomic import atomic_write_bytes
+
+    data = save(tensors, metadata={"granularity": granularity, "statistic": SIDECAR_STATISTIC})
+    atomic_write_bytes(path, data)
+    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def _run_domain(
@@ -466,6 +489,7 @@ def _assemble(
     publisher: str | None,
     supersedes: str | None,
     created: str | None,
+    sidecar: tuple[Path, str, str | None] | None = None,
 ) -> Blueprint:
     reached = np.zeros(len(layout.modules), dtype=bool)
     for r in results:
@@ -625,7 +649,16 @@ def _assemble(
     }
     if description:
         doc["description"] = description[:4096]
-    return Blueprint.model_validate(doc)
+    bp = Blueprint.model_validate(doc)  # validate before writing anything
+    if sidecar is not None:
+        path, sc_granularity, ref = sidecar
+        digest = _write_sidecar(path, collector.score_tensors(sc_granularity, keep), sc_granularity)
+        doc["sidecars"] = [{
+            "path": ref or path.name, "digest": digest, "format": "safetensors", "granularity": sc_granularity,
+            "statistic": SIDECAR_STATISTIC,
+        }]
+        bp = Blueprint.model_validate(doc)
+    return bp
 
 
 def _device_kind(dev: torch.device) -> str:

@@ -64,6 +64,7 @@ class BoundModule:
     type: str
     params: list[nn.Parameter]
     param_names: list[str]  # in-memory names, for messages
+    tensor_names: list[str] = field(default_factory=list)  # names in the weight files, same order
 
     @property
     def parameter_count(self) -> int:
@@ -143,11 +144,13 @@ def module_layout(
             {t.name for t in inventory if t.name.startswith(prefix + ".")} if prefix else None
         )
         if prefix and under == set(file_params):
-            modules.append(BoundModule(prefix, mtype, [p for _, p in members], [n for n, _ in members]))
+            modules.append(
+                BoundModule(prefix, mtype, [p for _, p in members], [n for n, _ in members], list(file_params))
+            )
         else:
             # The prefix also covers other tensors (or there is none): one entry per tensor.
             for (n, p), f in zip(members, file_params):
-                modules.append(BoundModule(f, mtype, [p], [n]))
+                modules.append(BoundModule(f, mtype, [p], [n], [f]))
     return ModuleLayout(
         modules=modules, tensors=inventory, structure_digest=structure_digest(inventory), unbound=unbound
     )

@@ -84,13 +84,17 @@ def test_masked_lm_and_classification(folders: dict[str, Path], data: dict[str, 
     out = tmp_path / "mlm.json"
     code, err = _run(capsys, "--model", str(folders["mlm"]), "--data", str(data["a"]), "-o", str(out), "--quiet",
                      "--max-batches", "3", "--batch-size", "16", "--rule", "marginal", "--eta", "1",
-                     "--granularity", "row", "--revision", "v1")
+                     "--granularity", "row", "--revision", "v1", "--sidecar", "element")
     assert code == 0, err
     bp = bf.load(out)
     assert bp.method.loss.startswith("masked-lm") and bp.model.revision == "v1"
     assert (bp.domains[0].examples, bp.domains[0].batches) == (40, 3)
     assert bp.allocation.rule.name == "marginal" and bp.allocation.granularity == "row"
     assert bf.check_binding(bp, bf.model_tensors(folders["mlm"])) == []
+    assert bp.sidecars is not None and bp.sidecars[0].granularity == "element"
+    side = tmp_path / "mlm.scores.safetensors"
+    assert bp.sidecars[0].path == side.name
+    assert bp.sidecars[0].digest == "sha256:" + hashlib.sha256(side.read_bytes()).hexdigest()
 
     out = tmp_path / "cls.json"
     code, err = _run(capsys, "--model", str(folders["cls"]), "--data", str(data["c"]), "-o", str(out), "--quiet",

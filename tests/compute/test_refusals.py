@@ -101,3 +101,22 @@ def test_fsdp_is_refused(tiny_net: TinyNet) -> None:
     with pytest.raises(ComputeError) as info:
         compute_blueprint(FullyShardedDataParallel(tiny_net), {"a": tiny_batches(1, 5)}, tiny_loss)
     assert "FSDP" in str(info.value)
+
+
+def test_score_sidecar_is_written_and_bound_by_digest(tiny_net: TinyNet, tmp_path: Path) -> None:
+    import hashlib
+
+    from safetensors import safe_open
+
+    side = tmp_path / "bp.scores.safetensors"
+    bp = compute_blueprint(tiny_net, {"a": tiny_batches(1, 5)}, tiny_loss, sidecar=side, sidecar_granularity="row")
+    assert bf.validate(bp) == []
+    assert bp.sidecars is not None and bp.sidecars[0].path == side.name
+    assert bp.sidecars[0].digest == "sha256:" + hashlib.sha256(side.read_bytes()).hexdigest()
+    with safe_open(str(side), framework="pt") as fh:
+        assert fh.metadata()["granularity"] == "row"
+        assert set(fh.keys()) == {n for m in module_layout(tiny_net).modules for n in m.tensor_names}
+        assert tuple(fh.get_tensor("l1.weight").shape) == (16,)
+        # Per module the row scores sum to the domain weight (1 here): they are normalised shares.
+        total = sum(float(fh.get_tensor(k).sum()) for k in ("l1.weight", "l1.bias"))
+    assert abs(total - 1.0) < 1e-5
