@@ -449,6 +449,8 @@ def _run_domain(
             loss.reshape(()).backward()  # type: ignore[no-untyped-call]
             collector.accumulate(i)
             n_local += 1
+    if n_local == 0 and world == 1:
+        raise input_error("empty-document", f"domain {name!r} has no batches", f"/domains/{d_index}")
     if world > 1 and dist.is_initialized():
         t_tensor = torch.tensor([examples, tokens or 0, 1 if tokens is not None else 0, n_local],
                                 dtype=torch.long, device=dev)

@@ -120,3 +120,9 @@ def test_score_sidecar_is_written_and_bound_by_digest(tiny_net: TinyNet, tmp_pat
         # Per module the row scores sum to the domain weight (1 here): they are normalised shares.
         total = sum(float(fh.get_tensor(k).sum()) for k in ("l1.weight", "l1.bias"))
     assert abs(total - 1.0) < 1e-5
+
+
+def test_empty_domain(tiny_net: TinyNet) -> None:
+    with pytest.raises(ComputeInputError) as info:
+        compute_blueprint(tiny_net, {"a": tiny_batches(1, 5), "b": []}, tiny_loss)
+    assert info.value.code == "empty-document" and "'b'" in str(info.value)
