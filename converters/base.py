@@ -117,9 +117,7 @@ def parse_embedded(data: bytes | str, where: str) -> Blueprint:
         located = make_error(
             first.code, f"{where}: {first.message}", first.path, line=first.line, column=first.column
         )
-        raise type(exc)(
-            [located, *exc.issues[1:]]
-        ) from None
+        raise type(exc)([located, *exc.issues[1:]]) from None
 
 
 def canonical_text(bp: Blueprint) -> str:

@@ -31,6 +31,8 @@ from typing import Any
 
 from blueprint_format import Blueprint, BlueprintError, atomic_write_bytes, digest, load
 from blueprint_format.errors import ContainerError, make_error
+from blueprint_format.models import Module
+from blueprint_format.semantic import unsafe_path_reason
 from converters.base import (
     BLUEPRINT_FILE,
     METADATA_KEY,
@@ -114,15 +116,6 @@ def split_card(text: str, where: str = "card") -> Card:
     )
 
 
-def _body_nl(card: Card) -> str:
-    """Newline for text appended to the body: that of its last line, else the card's."""
-    if card.body.endswith("\r\n"):
-        return "\r\n"
-    if card.body.endswith("\n"):
-        return "\n"
-    return card.nl
-
-
 def parse_front_matter(card: Card, where: str) -> dict[str, Any]:
     """The front matter as a dict ({} when absent or empty). Broken YAML is bad-container with its line."""
     import yaml
@@ -195,28 +188,37 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.4g}"
 
 
-def _fit_line(bp: Blueprint) -> list[str]:
+def _fit_lines(bp: Blueprint) -> list[str]:
+    """One line per domain that has a heavy-tail fit: statistic, method, status, exponent, top-10% share."""
     lines = []
     for d in bp.domains:
         fit = d.heavy_tail
         if fit is None:
-            lines.append(f"- `{d.name}`: no heavy-tail fit recorded")
             continue
-        shares = fit.mass_shares
-        share_text = (
-            f"top 10% of modules hold {shares.top_10:.0%} and top 20% hold {shares.top_20:.0%} "
-            f"of the summed {fit.statistic}"
-        )
+        head = f"{fit.statistic}, {fit.method}, status {fit.status}"
         if fit.status == "ok":
-            head = (
-                f"{fit.exponent_convention} exponent {_fmt(fit.exponent)} "
-                f"({fit.method}, x_min {_fmt(fit.x_min)}, "
+            head += (
+                f", {fit.exponent_convention} exponent {_fmt(fit.exponent)} (x_min {_fmt(fit.x_min)}, "
                 f"KS {_fmt(fit.ks_distance)}, n={fit.sample_count})"
             )
         else:
-            head = f"fit {fit.status} (n={fit.sample_count})"
-        lines.append(f"- `{d.name}`: {head}; {share_text}")
+            head += f" (n={fit.sample_count})"
+        lines.append(f"- `{d.name}`: {head}; the top 10% of modules hold {fit.mass_shares.top_10:.0%}")
     return lines
+
+
+def grad_column(bp: Blueprint, module: Module) -> float | None:
+    """The table's Grad norm: the combined score, else the domain-weighted allocation statistic."""
+    if module.combined is not None:
+        return module.combined.score
+    total = 0.0
+    for name, weight in bp.effective_domain_weights().items():
+        stats = module.stats.get(name)
+        value = None if stats is None else getattr(stats, bp.allocation.statistic)
+        if value is None:
+            return None
+        total += weight * value
+    return total
 
 
 def _cell(name: str) -> str:
@@ -227,14 +229,13 @@ def generated_section(bp: Blueprint, nl: str, file_name: str = BLUEPRINT_FILE) -
     """The Markdown section between the begin/end markers (ending with a newline)."""
     canonical = canonical_text(bp).encode("utf-8")
     use_combined = all(m.combined is not None for m in bp.modules)
-    first = bp.domain_names[0]
-    if use_combined:
-        column = (
-            f"Grad norm is the combined score under the allocation's domain weights "
-            f"(statistic `{bp.allocation.statistic}`)."
-        )
-    else:
-        column = f"Grad norm is `grad_norm_mean` on the first domain, `{first}`."
+    weights = ", ".join(f"{k} {v:.3g}" for k, v in bp.effective_domain_weights().items())
+    column = (
+        f"Grad norm is the sum over domains of weight x `{bp.allocation.statistic}` "
+        f"(weights: {weights})"
+        + ("; rows in combined-rank order." if use_combined else "; rows in document order.")
+    )
+    modules = sorted(bp.modules, key=lambda m: m.combined.rank) if use_combined else list(bp.modules)  # type: ignore[union-attr]
     rule = bp.allocation.rule
     params = (
         rule.parameters
@@ -262,14 +263,13 @@ def generated_section(bp: Blueprint, nl: str, file_name: str = BLUEPRINT_FILE) -
         "| Layer | Grad norm | k* |",
         "|---|---:|---:|",
     ]
-    for m in bp.modules[:MAX_TABLE_ROWS]:
-        grad = (
-            m.combined.score if (use_combined and m.combined is not None) else m.stats[first].grad_norm_mean
-        )
-        lines.append(f"| {_cell(m.name)} | {_fmt(grad)} | {_fmt(m.k_star)} |")
-    if len(bp.modules) > MAX_TABLE_ROWS:
-        lines += ["", f"{len(bp.modules) - MAX_TABLE_ROWS} more modules are listed in `{file_name}`."]
-    lines += ["", "Heavy tail per domain:", "", *_fit_line(bp)]
+    for m in modules[:MAX_TABLE_ROWS]:
+        lines.append(f"| {_cell(m.name)} | {_fmt(grad_column(bp, m))} | {_fmt(m.k_star)} |")
+    if len(modules) > MAX_TABLE_ROWS:
+        lines += ["", f"{len(modules) - MAX_TABLE_ROWS} more modules are omitted here; see `{file_name}`."]
+    fits = _fit_lines(bp)
+    if fits:
+        lines += ["", "Heavy tail per domain:", "", *fits]
     if len(canonical) <= EMBED_LIMIT:
         lines += ["", "```json", canonical.decode("utf-8"), "```"]
     lines.append(END)
@@ -317,21 +317,11 @@ def read_card_text(path: Path) -> str:
 
 
 def _safe_file_name(value: Any, where: Path) -> str:
-    if (
-        not isinstance(value, str)
-        or not value
-        or "/" in value
-        or "\\" in value
-        or value in (".", "..")
-        or "\x00" in value
-    ):
-        raise ContainerError(
-            make_error(
-                "unsafe-path",
-                f"{where}: front matter file {value!r} must be a plain file name in the card's folder",
-            )
-        )
-    return value
+    """The front matter's `file`, which obeys the spec's sidecar path rules (relative, inside the folder)."""
+    reason = "is not a string" if not isinstance(value, str) else unsafe_path_reason(value)
+    if reason is not None:
+        raise ContainerError(make_error("unsafe-path", f"{where}: front matter file {value!r} {reason}"))
+    return str(value)
 
 
 def embed_in_text(text: str, bp: Blueprint, where: str = "card", file_name: str = BLUEPRINT_FILE) -> str:
@@ -340,8 +330,7 @@ def embed_in_text(text: str, bp: Blueprint, where: str = "card", file_name: str 
     old = parse_front_matter(card, where)
     entry = front_matter_entry(bp)
     entry["file"] = file_name
-    fm_nl = ("\r\n" if card.opening.endswith("\r\n") else "\n") if card.has_front_matter else card.nl
-    block = _entry_yaml(entry, fm_nl)
+    block = _entry_yaml(entry, card.nl)
     if card.has_front_matter:
         lines = _lines(card.yaml_text)
         span = _block_span(lines)
@@ -352,7 +341,7 @@ def embed_in_text(text: str, bp: Blueprint, where: str = "card", file_name: str 
     else:
         card.has_front_matter = True
         card.opening, card.yaml_text, card.closing = "---" + card.nl, block, "---" + card.nl
-    section = generated_section(bp, _body_nl(card), file_name)
+    section = generated_section(bp, card.nl, file_name)
     span2 = _section_span(card.body, where)
     if span2 is not None:
         card.body = card.body[: span2[0]] + section + card.body[span2[1] :]
@@ -362,7 +351,7 @@ def embed_in_text(text: str, bp: Blueprint, where: str = "card", file_name: str 
         # Exactly one newline goes between: a blank line after a body that ends with a newline,
         # a line break after one that does not (an HTML comment may interrupt a paragraph). Either
         # way strip removes exactly that one newline, so the body comes back byte for byte.
-        card.body = card.body + _body_nl(card) + section
+        card.body = card.body + card.nl + section
     new_text = card.render()
     _check_other_keys(old, new_text, where, expect=entry)
     return new_text
@@ -425,8 +414,8 @@ class ModelCardConverter(Converter):
         card = split_card(text, str(path))
         front = parse_front_matter(card, str(path))
         entry = front.get(FRONT_MATTER_KEY)
-        span = _section_span(card.body, str(path))
-        if entry is None and span is None:
+        span = _section_span(card.body, str(path))  # unbalanced markers are bad-container
+        if entry is None:
             return None
         expected: str | None = None
         sidecar_problem = ""

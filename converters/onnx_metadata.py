@@ -70,6 +70,16 @@ def _external_locations(model: onnx.ModelProto) -> list[str]:
     return sorted(locations)
 
 
+def _our_props(model: onnx.ModelProto, path: Path) -> dict[str, str]:
+    """metadata_props as a dict; a model with one of our keys twice is bad-container."""
+    meta: dict[str, str] = {}
+    for prop in model.metadata_props:
+        if prop.key in meta and prop.key in (METADATA_KEY, SPEC_VERSION_KEY):
+            raise bad_container(path, f"metadata_props holds {prop.key!r} twice")
+        meta[prop.key] = prop.value
+    return meta
+
+
 class OnnxConverter(Converter):
     """Blueprint in ModelProto.metadata_props."""
 
@@ -77,12 +87,7 @@ class OnnxConverter(Converter):
 
     def read(self, path: Path) -> Blueprint | None:
         model = load_model(path)
-        meta: dict[str, str] = {}
-        for prop in model.metadata_props:
-            if prop.key in meta and prop.key in (METADATA_KEY, SPEC_VERSION_KEY):
-                raise bad_container(path, f"metadata_props holds {prop.key!r} twice")
-            meta[prop.key] = prop.value
-        return blueprint_from_metadata(meta, f"{path} (metadata_props[{METADATA_KEY!r}])")
+        return blueprint_from_metadata(_our_props(model, path), f"{path} (metadata_props[{METADATA_KEY!r}])")
 
     def write(self, path: Path, bp: Blueprint, out: Path | None = None, **opts: Any) -> WriteResult:
         return self._update(path, out, metadata_entries(bp))
@@ -93,6 +98,7 @@ class OnnxConverter(Converter):
     def _update(self, path: Path, out: Path | None, entries: dict[str, str] | None) -> WriteResult:
         """Set (or, with None, delete) our two entries; other entries keep their order and values."""
         model = load_model(path)
+        _our_props(model, path)  # refuses duplicated keys
         props = [(p.key, p.value) for p in model.metadata_props]
         kept = [(k, v) for k, v in props if k not in (METADATA_KEY, SPEC_VERSION_KEY)]
         if entries is None:

@@ -136,17 +136,58 @@ def _state_dict(obj: Any) -> Mapping[str, Any] | None:
     return None
 
 
+def _require_dict(obj: Any, path: Path) -> MutableMapping[str, Any]:
+    """The checkpoint's top-level dict; any other top-level object is unsupported-container."""
+    if not isinstance(obj, MutableMapping):
+        raise ContainerError(
+            make_error(
+                "unsupported-container",
+                f"{path}: the checkpoint holds a {type(obj).__name__}, not a dict; there is no place for a blueprint",
+            )
+        )
+    return obj
+
+
+def _not_plain(value: Any, depth: int = 0) -> str | None:
+    """Why `value` is not made of dicts with string keys, lists, str, int, float, bool and None, or None if it is.
+
+    None is JSON null, which a valid blueprint may hold inside `extensions`.
+    """
+    if depth > 64:
+        return "nested too deeply"
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return None
+    if isinstance(value, list):
+        for item in value:
+            problem = _not_plain(item, depth + 1)
+            if problem:
+                return problem
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return f"a {type(key).__name__} key"
+            problem = _not_plain(item, depth + 1)
+            if problem:
+                return problem
+        return None
+    return f"a {type(value).__name__} value"
+
+
 class TorchCheckpointConverter(Converter):
     """Blueprint under a top-level key of a dict checkpoint."""
 
     kind = "torch"
 
     def read(self, path: Path) -> Blueprint | None:
-        obj = load_checkpoint(path)
-        if not isinstance(obj, Mapping) or CHECKPOINT_KEY not in obj:
+        obj = _require_dict(load_checkpoint(path), path)
+        if CHECKPOINT_KEY not in obj:
             return None
         value = obj[CHECKPOINT_KEY]
         where = f"{path} ({CHECKPOINT_KEY!r})"
+        problem = _not_plain(value)
+        if problem:
+            raise bad_container(path, f"{CHECKPOINT_KEY!r} must hold plain JSON values only: {problem}")
         try:
             text = json.dumps(value, allow_nan=False, ensure_ascii=False)
         except (TypeError, ValueError, RecursionError) as exc:
@@ -178,15 +219,7 @@ class TorchCheckpointConverter(Converter):
     def _update(self, path: Path, out: Path | None, edit: Any) -> WriteResult:
         import torch
 
-        obj = load_checkpoint(path)
-        if not isinstance(obj, MutableMapping):
-            raise ContainerError(
-                make_error(
-                    "unsupported-container",
-                    f"{path}: the checkpoint holds a {type(obj).__name__}, not a dict; "
-                    "there is no place for a blueprint",
-                )
-            )
+        obj = _require_dict(load_checkpoint(path), path)
         changed = edit(obj) is not False
         target = out if out is not None else path
         if not changed and (out is None or same_file(out, path)):
@@ -201,5 +234,7 @@ class TorchCheckpointConverter(Converter):
                     raise writer.error from None
                 if isinstance(exc, OSError):
                     raise
-                raise bad_container(path, f"cannot save the checkpoint: {type(exc).__name__}: {exc}") from None
+                raise bad_container(
+                    path, f"cannot save the checkpoint: {type(exc).__name__}: {exc}"
+                ) from None
         return WriteResult(path=target, changed=changed, files=[target])

@@ -93,8 +93,13 @@ def minilm_onnx(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path) -> I
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            Encoder(model), (ids, mask), str(path), input_names=["input_ids", "attention_mask"],
-            output_names=["last_hidden_state"], dynamo=False, opset_version=17,
+            Encoder(model),
+            (ids, mask),
+            str(path),
+            input_names=["input_ids", "attention_mask"],
+            output_names=["last_hidden_state"],
+            dynamo=False,
+            opset_version=17,
         )
     yield path, {"input_ids": ids.numpy().astype(np.int64), "attention_mask": mask.numpy().astype(np.int64)}
 
@@ -109,8 +114,11 @@ def small_onnx_model(seed: int = 0):  # type: ignore[no-untyped-def]
     w = numpy_helper.from_array(rng.standard_normal((4, 3)).astype(np.float32), "W")
     b = numpy_helper.from_array(rng.standard_normal(3).astype(np.float32), "B")
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["X", "W"], ["XW"]), helper.make_node("Add", ["XW", "B"], ["Y0"]),
-         helper.make_node("Relu", ["Y0"], ["Y"])],
+        [
+            helper.make_node("MatMul", ["X", "W"], ["XW"]),
+            helper.make_node("Add", ["XW", "B"], ["Y0"]),
+            helper.make_node("Relu", ["Y0"], ["Y"]),
+        ],
         "small",
         [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, 4])],
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [None, 3])],

@@ -41,7 +41,9 @@ def bp_file(tmp_path: Path, model: Path) -> Path:
     return path
 
 
-def test_embed_extract_strip(capsys: pytest.CaptureFixture[str], model: Path, bp_file: Path, tmp_path: Path) -> None:
+def test_embed_extract_strip(
+    capsys: pytest.CaptureFixture[str], model: Path, bp_file: Path, tmp_path: Path
+) -> None:
     code, out, _ = cli(capsys, "embed", str(bp_file), str(model))
     assert code == 0 and "embedded sha256:" in out
     code, out, _ = cli(capsys, "extract", str(model))
@@ -58,11 +60,14 @@ def test_embed_extract_strip(capsys: pytest.CaptureFixture[str], model: Path, bp
     assert code == 0 and "nothing removed" in err
 
 
-def test_embed_to_output_keeps_target(capsys: pytest.CaptureFixture[str], model: Path, bp_file: Path,
-                                      tmp_path: Path) -> None:
+def test_embed_to_output_keeps_target(
+    capsys: pytest.CaptureFixture[str], model: Path, bp_file: Path, tmp_path: Path
+) -> None:
     original = model.read_bytes()
     out_path = tmp_path / "out.safetensors"
-    code, out, _ = cli(capsys, "embed", str(bp_file), str(model), "-o", str(out_path), "--reserve", "4K", "--json")
+    code, out, _ = cli(
+        capsys, "embed", str(bp_file), str(model), "-o", str(out_path), "--reserve", "4K", "--json"
+    )
     assert code == 0 and json.loads(out)["path"] == str(out_path)
     assert model.read_bytes() == original and extract(out_path) is not None
     # The reserved padding makes the next embed an in-place one.
@@ -70,7 +75,9 @@ def test_embed_to_output_keeps_target(capsys: pytest.CaptureFixture[str], model:
     assert code == 0 and json.loads(out)["in_place"] is True
 
 
-def test_invalid_blueprint_is_never_embedded(capsys: pytest.CaptureFixture[str], model: Path, tmp_path: Path) -> None:
+def test_invalid_blueprint_is_never_embedded(
+    capsys: pytest.CaptureFixture[str], model: Path, tmp_path: Path
+) -> None:
     bad = tmp_path / "bad.json"
     doc = json.loads(dumps(build_blueprint([("m", 1)])))
     doc["modules"][0]["k_star"] = 1.5
@@ -81,7 +88,9 @@ def test_invalid_blueprint_is_never_embedded(capsys: pytest.CaptureFixture[str],
     assert model.read_bytes() == original
 
 
-def test_binding_mismatch_refused_then_forced(capsys: pytest.CaptureFixture[str], model: Path, tmp_path: Path) -> None:
+def test_binding_mismatch_refused_then_forced(
+    capsys: pytest.CaptureFixture[str], model: Path, tmp_path: Path
+) -> None:
     other = tmp_path / "other.json"
     dump(build_blueprint([("not.in.model", 1)]), other)
     original = model.read_bytes()
@@ -119,20 +128,33 @@ def test_torch_checkpoint_binding_via_cli(capsys: pytest.CaptureFixture[str], tm
         (["strip", "{truncated}"], 1, "bad-container"),
     ],
 )
-def test_errors_have_codes_and_exit_status(capsys: pytest.CaptureFixture[str], tmp_path: Path, model: Path,
-                                           bp_file: Path, argv: list[str], code: int, needle: str) -> None:
+def test_errors_have_codes_and_exit_status(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    model: Path,
+    bp_file: Path,
+    argv: list[str],
+    code: int,
+    needle: str,
+) -> None:
     (tmp_path / "notes.txt").write_text("hello")
     (tmp_path / "trunc.safetensors").write_bytes(model.read_bytes()[:-5])
     (tmp_path / "huge.safetensors").write_bytes(struct.pack("<Q", 10**9))
-    names = {"missing": str(tmp_path / "missing.safetensors"), "bp": str(bp_file), "model": str(model),
-             "text": str(tmp_path / "notes.txt"), "truncated": str(tmp_path / "trunc.safetensors"),
-             "huge": str(tmp_path / "huge.safetensors")}
+    names = {
+        "missing": str(tmp_path / "missing.safetensors"),
+        "bp": str(bp_file),
+        "model": str(model),
+        "text": str(tmp_path / "notes.txt"),
+        "truncated": str(tmp_path / "trunc.safetensors"),
+        "huge": str(tmp_path / "huge.safetensors"),
+    }
     status, _, err = cli(capsys, *[a.format(**names) for a in argv])
     assert status == code and needle in err and "Traceback" not in err
 
 
-def test_read_only_target_is_exit_2(capsys: pytest.CaptureFixture[str], model: Path, bp_file: Path,
-                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_read_only_target_is_exit_2(
+    capsys: pytest.CaptureFixture[str], model: Path, bp_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def denied(*a: object, **kw: object) -> None:
         raise PermissionError(errno.EACCES, "Permission denied")
 
@@ -143,14 +165,23 @@ def test_read_only_target_is_exit_2(capsys: pytest.CaptureFixture[str], model: P
     assert model.read_bytes() == original
 
 
-def test_pull_local_folder(capsys: pytest.CaptureFixture[str], tmp_path: Path, model: Path, bp_file: Path) -> None:
+def test_pull_local_folder(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, model: Path, bp_file: Path
+) -> None:
     assert cli(capsys, "embed", str(bp_file), str(tmp_path))[0] == 0  # the folder holding the model
     code, out, _ = cli(capsys, "pull", str(tmp_path))
     assert code == 0 and out.encode() == dumps(extract(tmp_path)) + b"\n"
 
 
 def test_byte_counts() -> None:
-    assert [_byte_count(x) for x in ("0", "4096", "4K", "4KiB", "1M", "2MB")] == [0, 4096, 4096, 4096, 2**20, 2 * 2**20]
+    assert [_byte_count(x) for x in ("0", "4096", "4K", "4KiB", "1M", "2MB")] == [
+        0,
+        4096,
+        4096,
+        4096,
+        2**20,
+        2 * 2**20,
+    ]
     import argparse
 
     for bad in ("-1", "x", "1G"):
@@ -162,10 +193,18 @@ def test_byte_counts() -> None:
 def test_subprocess_never_prints_a_traceback(tmp_path: Path, model: Path, bp_file: Path) -> None:
     (tmp_path / "bad.onnx").write_bytes(b"\x08\x07garbage\xff")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-    for argv, status in ((["extract", str(tmp_path / "bad.onnx")], 1), (["embed", str(bp_file), str(model)], 0),
-                         (["extract", str(model)], 0)):
-        proc = subprocess.run([sys.executable, "-m", "blueprint_format", *argv], capture_output=True, env=env,
-                              timeout=120, check=False)
+    for argv, status in (
+        (["extract", str(tmp_path / "bad.onnx")], 1),
+        (["embed", str(bp_file), str(model)], 0),
+        (["extract", str(model)], 0),
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-m", "blueprint_format", *argv],
+            capture_output=True,
+            env=env,
+            timeout=120,
+            check=False,
+        )
         assert proc.returncode == status, proc.stderr
         assert b"Traceback" not in proc.stderr
 

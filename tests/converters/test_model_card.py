@@ -136,13 +136,27 @@ def test_reembed_replaces_section_and_entry(tmp_path: Path) -> None:
 
 def test_table_and_heavy_tail_lines(tmp_path: Path) -> None:
     path = tmp_path / "README.md"
-    bp = build_blueprint([("attn.0", 10), ("ffn.0", 20)], combined=False)
+    bp = build_blueprint(
+        [("attn.0", 10), ("ffn.0", 20), ("attn.1", 5)],
+        ("a", "b"),
+        combined=False,
+        means=[[0.05, 0.03, 0.04], [0.01, 0.05, 0.02]],
+    )
     CONV.write(path, bp)
     text = path.read_text()
-    assert "| Layer | Grad norm | k* |" in text
-    assert f"| `attn.0` | {bp.modules[0].stats['general'].grad_norm_mean:.4g} | 0.25 |" in text
-    assert "| `ffn.0` |" in text and "first domain" in text
-    assert "- `general`: rank-size exponent 0.75" in text
+    rows = [line for line in text.splitlines() if line.startswith("| `")]
+    # Weighted sum over domains (0.5 each), in document order without combined ranks.
+    assert rows == ["| `attn.0` | 0.03 | 0.25 |", "| `ffn.0` | 0.04 | - |", "| `attn.1` | 0.03 | 0.25 |"]
+    assert "- `a`: grad_norm_mean, csn-mle, status ok, rank-size exponent 0.75" in text
+    assert "top 10% of modules hold 40%" in text
+    bp2 = build_blueprint(
+        [("attn.0", 10), ("ffn.0", 20), ("attn.1", 5)],
+        ("a", "b"),
+        means=[[0.05, 0.03, 0.04], [0.01, 0.05, 0.02]],
+    )
+    CONV.write(path, bp2)
+    rows = [line.split(" | ")[0] for line in path.read_text().splitlines() if line.startswith("| `")]
+    assert rows == ["| `ffn.0`", "| `attn.0`", "| `attn.1`"]  # combined-rank order
 
 
 def test_crlf_card_stays_crlf(tmp_path: Path) -> None:
@@ -231,10 +245,11 @@ def test_malformed_cards(tmp_path: Path, text: str) -> None:
 
 def test_unsafe_file_name_in_front_matter(tmp_path: Path) -> None:
     path = tmp_path / "README.md"
-    path.write_text(f"---\ngradient_blueprint:\n  digest: sha256:{'0' * 64}\n  file: ../../etc/passwd\n---\n")
-    with pytest.raises(ContainerError) as info:
-        CONV.read(path)
-    assert info.value.code == "unsafe-path"
+    for name in ("../../etc/passwd", "/etc/passwd", "a\\\\b.json"):
+        path.write_text(f"---\ngradient_blueprint:\n  digest: sha256:{'0' * 64}\n  file: '{name}'\n---\n")
+        with pytest.raises(ContainerError) as info:
+            CONV.read(path)
+        assert info.value.code == "unsafe-path", name
 
 
 def test_not_utf8_card(tmp_path: Path) -> None:

@@ -46,8 +46,11 @@ def sharded(tmp_path: Path) -> Path:
     import torch
     from safetensors.torch import save_file
 
-    save_file({"head.weight": torch.ones(3, 2), "head.bias": torch.zeros(3)}, str(d / "model-00002-of-00002.safetensors"),
-              metadata={"format": "pt"})
+    save_file(
+        {"head.weight": torch.ones(3, 2), "head.bias": torch.zeros(3)},
+        str(d / "model-00002-of-00002.safetensors"),
+        metadata={"format": "pt"},
+    )
     weight_map = {}
     for shard in sorted(d.glob("*.safetensors")):
         with safe_open(str(shard), "pt") as f:
@@ -137,7 +140,9 @@ def test_blueprint_for_another_model_is_refused(folder: Path, sharded: Path) -> 
 
 
 def test_unsafe_shard_name_in_index(sharded: Path) -> None:
-    (sharded / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "../x.safetensors"}}))
+    (sharded / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"a": "../x.safetensors"}})
+    )
     with pytest.raises(ContainerError) as info:
         CONV.read(sharded)
     assert info.value.code == "unsafe-path"
@@ -223,8 +228,14 @@ def test_pull_through_hf_hub_download_offline(folder: Path, tmp_path: Path) -> N
     bp = blueprint_for_tensors(model_tensors(folder))
     embed(bp, folder)
     cache = tmp_path / "hf-cache"
-    _fake_cache(cache, "org/model", {BLUEPRINT_FILE: (folder / BLUEPRINT_FILE).read_bytes(),
-                                     "README.md": (folder / "README.md").read_bytes()})
+    _fake_cache(
+        cache,
+        "org/model",
+        {
+            BLUEPRINT_FILE: (folder / BLUEPRINT_FILE).read_bytes(),
+            "README.md": (folder / "README.md").read_bytes(),
+        },
+    )
     assert pull("org/model", cache_dir=cache, local_files_only=True) == bp
     # A card alone in the cache is enough while its blueprint is small enough to be embedded.
     cache2 = tmp_path / "hf-cache-2"

@@ -59,8 +59,13 @@ def onnx_file(tmp_path: Path) -> Path:
 def onnx_external(tmp_path: Path) -> Path:
     path = tmp_path / "ext" / "small.onnx"
     path.parent.mkdir()
-    onnx.save_model(small_onnx_model(), str(path), save_as_external_data=True,
-                    location="small.onnx.data", size_threshold=0)
+    onnx.save_model(
+        small_onnx_model(),
+        str(path),
+        save_as_external_data=True,
+        location="small.onnx.data",
+        size_threshold=0,
+    )
     return path
 
 
@@ -70,8 +75,13 @@ def test_round_trip_any_blueprint(bp, previous, external) -> None:  # type: igno
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "m.onnx"
         if external:
-            onnx.save_model(small_onnx_model(), str(path), save_as_external_data=True,
-                            location="m.onnx.data", size_threshold=0)
+            onnx.save_model(
+                small_onnx_model(),
+                str(path),
+                save_as_external_data=True,
+                location="m.onnx.data",
+                size_threshold=0,
+            )
         else:
             onnx.save(small_onnx_model(), str(path))
         if previous is not None:
@@ -172,7 +182,9 @@ def test_real_minilm_onnx(minilm_onnx: tuple[Path, dict], tmp_path: Path, extern
     source, feeds = minilm_onnx
     path = tmp_path / "minilm.onnx"
     if external:
-        onnx.save_model(onnx.load(str(source)), str(path), save_as_external_data=True, location="minilm.onnx.data")
+        onnx.save_model(
+            onnx.load(str(source)), str(path), save_as_external_data=True, location="minilm.onnx.data"
+        )
     else:
         path.write_bytes(source.read_bytes())
     expected = run(path, feeds)

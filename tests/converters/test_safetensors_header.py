@@ -173,7 +173,9 @@ def _boom(*args: object, **kw: object) -> None:
 
 
 @pytest.mark.parametrize("step", ["after-temp-creation", "mid-copy", "before-rename", "fsync"])
-def test_fault_during_rewrite_leaves_original(st_file: Path, monkeypatch: pytest.MonkeyPatch, step: str) -> None:
+def test_fault_during_rewrite_leaves_original(
+    st_file: Path, monkeypatch: pytest.MonkeyPatch, step: str
+) -> None:
     original = st_file.read_bytes()
     bp = build_blueprint([("m", 1)])
     if step == "after-temp-creation":
@@ -323,9 +325,12 @@ BAD = {
     "not-utf8": struct.pack("<Q", 4) + b'{"\xff',
     "metadata-not-strings": _header({"__metadata__": {"a": 1}}),
     "overlapping": _header(
-        {"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
-         "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}
-    ) + b"\0" * 12,
+        {
+            "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+            "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]},
+        }
+    )
+    + b"\0" * 12,
     "out-of-range": _header({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}) + b"\0" * 4,
     "truncated": _header({"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}) + b"\0" * 10,
     "bad-dtype": _header({"a": {"dtype": "F33", "shape": [1], "data_offsets": [0, 4]}}) + b"\0" * 4,
@@ -335,7 +340,11 @@ BAD = {
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_bad_container_is_a_coded_error(tmp_path: Path, case: str) -> None:
     p = _write(tmp_path, BAD[case])
-    for op in (lambda: CONV.read(p), lambda: CONV.write(p, build_blueprint([("m", 1)])), lambda: CONV.remove(p)):
+    for op in (
+        lambda: CONV.read(p),
+        lambda: CONV.write(p, build_blueprint([("m", 1)])),
+        lambda: CONV.remove(p),
+    ):
         with pytest.raises(ContainerError) as info:
             op()
         assert info.value.code == "bad-container", info.value

@@ -33,8 +33,12 @@ class Custom:
 def state_dict(seed: int = 0) -> collections.OrderedDict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return collections.OrderedDict(
-        [("layer.0.weight", torch.randn(4, 3, generator=g)), ("layer.0.bias", torch.randn(4, generator=g)),
-         ("layer.1.weight", torch.randn(2, 4, generator=g).to(torch.bfloat16)), ("step", torch.tensor(7))]
+        [
+            ("layer.0.weight", torch.randn(4, 3, generator=g)),
+            ("layer.0.bias", torch.randn(4, generator=g)),
+            ("layer.1.weight", torch.randn(2, 4, generator=g).to(torch.bfloat16)),
+            ("step", torch.tensor(7)),
+        ]
     )
 
 
@@ -57,8 +61,12 @@ def ckpt(tmp_path: Path) -> Path:
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(bp=blueprints(), previous=st.none() | blueprints(max_modules=2), nested=st.booleans(),
-       legacy=st.booleans())
+@given(
+    bp=blueprints(),
+    previous=st.none() | blueprints(max_modules=2),
+    nested=st.booleans(),
+    legacy=st.booleans(),
+)
 def test_round_trip_any_blueprint(bp, previous, nested, legacy) -> None:  # type: ignore[no-untyped-def]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "m.pt"
@@ -81,20 +89,28 @@ def test_tensors_give_binding(ckpt: Path) -> None:
     tensors = CONV.tensors(ckpt)
     assert tensors is not None
     assert [(t.name, t.dtype, t.shape) for t in tensors][:3] == [
-        ("layer.0.weight", "F32", (4, 3)), ("layer.0.bias", "F32", (4,)), ("layer.1.weight", "BF16", (2, 4))]
+        ("layer.0.weight", "F32", (4, 3)),
+        ("layer.0.bias", "F32", (4,)),
+        ("layer.1.weight", "BF16", (2, 4)),
+    ]
     bp = blueprint_for_tensors(tensors)
     CONV.write(ckpt, bp)
     assert CONV.tensors(ckpt) == tensors  # the blueprint key is not a tensor
 
 
-def test_pickle_only_checkpoint_is_refused_without_unpickling(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pickle_only_checkpoint_is_refused_without_unpickling(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "custom.pt"
     torch.save({"weights": torch.ones(2), "extra": Custom()}, path)
     ran: list[str] = []
     monkeypatch.setattr(Custom, "__setstate__", lambda self, state: ran.append("unpickled"), raising=False)
     original = path.read_bytes()
-    for op in (lambda: CONV.read(path), lambda: CONV.write(path, build_blueprint([("m", 1)])),
-               lambda: CONV.tensors(path)):
+    for op in (
+        lambda: CONV.read(path),
+        lambda: CONV.write(path, build_blueprint([("m", 1)])),
+        lambda: CONV.tensors(path),
+    ):
         with pytest.raises(ContainerError) as info:
             op()
         assert info.value.code == "unsafe-checkpoint"
@@ -115,7 +131,9 @@ def test_raw_pickle_with_reduce_is_refused(tmp_path: Path) -> None:
     assert info.value.code == "unsafe-checkpoint"
 
 
-@pytest.mark.parametrize("data", [b"", b"hello world", b"PK\x03\x04garbage"], ids=["empty", "text", "bad-zip"])
+@pytest.mark.parametrize(
+    "data", [b"", b"hello world", b"PK\x03\x04garbage"], ids=["empty", "text", "bad-zip"]
+)
 def test_not_a_checkpoint(tmp_path: Path, data: bytes) -> None:
     path = tmp_path / "bad.pt"
     path.write_bytes(data)
@@ -127,10 +145,23 @@ def test_not_a_checkpoint(tmp_path: Path, data: bytes) -> None:
 def test_non_dict_checkpoint_cannot_hold_a_blueprint(tmp_path: Path) -> None:
     path = tmp_path / "list.pt"
     torch.save([torch.ones(1)], path)
-    assert CONV.read(path) is None
+    for op in (lambda: CONV.read(path), lambda: CONV.write(path, build_blueprint([("m", 1)]))):
+        with pytest.raises(ContainerError) as info:
+            op()
+        assert info.value.code == "unsupported-container"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [(1, 2), {1: "int key"}, {"a": [torch.ones(1)]}, {"a": {"b": b"bytes"}}],
+    ids=["tuple", "int-key", "nested-tensor", "bytes"],
+)
+def test_key_with_non_plain_values_is_bad(tmp_path: Path, value: object) -> None:
+    path = tmp_path / "odd.pt"
+    torch.save({CHECKPOINT_KEY: value}, path)
     with pytest.raises(ContainerError) as info:
-        CONV.write(path, build_blueprint([("m", 1)]))
-    assert info.value.code == "unsupported-container"
+        CONV.read(path)
+    assert info.value.code == "bad-container"
 
 
 def test_key_with_non_json_value_is_bad(tmp_path: Path) -> None:
@@ -145,6 +176,7 @@ def test_key_with_non_json_value_is_bad(tmp_path: Path) -> None:
 def test_fault_leaves_original(ckpt: Path, monkeypatch: pytest.MonkeyPatch, step: str) -> None:
     original = ckpt.read_bytes()
     if step == "mid-save":
+
         def boom(*a: object, **kw: object) -> None:
             raise OSError(28, "No space left on device")
 
@@ -162,6 +194,7 @@ def test_fault_leaves_original(ckpt: Path, monkeypatch: pytest.MonkeyPatch, step
 
         monkeypatch.setattr(tc._RecordingWriter, "write", full)
     else:
+
         def boom(*a: object, **kw: object) -> None:
             raise PermissionError(13, "Permission denied")
 
