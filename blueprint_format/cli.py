@@ -21,7 +21,7 @@ from blueprint_format._version import SPEC_VERSION, __version__
 from blueprint_format.errors import ERROR_CODES, BlueprintError, BlueprintIOError, Issue, make_error
 
 #: Modules that add subcommands. Missing ones (optional parts not installed) are skipped.
-PLUGINS = ("converters.cli", "reference_impl.cli")
+PLUGINS = ("converters.cli", "reference_impl.cli", "reference_impl.finetune_cli", "reference_impl.select_cli")
 #: Plugin commands known up front, so `--help` lists them and `blueprint validate` never imports
 #: a plugin (importing reference_impl costs seconds of torch start-up).
 PLUGIN_COMMANDS: dict[str, tuple[str, str]] = {
@@ -31,6 +31,11 @@ PLUGIN_COMMANDS: dict[str, tuple[str, str]] = {
     "push": ("converters.cli", "upload a model folder's blueprint and card to the Hugging Face Hub"),
     "pull": ("converters.cli", "fetch a Hub repository's blueprint"),
     "compute": ("reference_impl.cli", "compute a blueprint from a model and calibration data (needs torch)"),
+    "finetune": ("reference_impl.finetune_cli", "fine-tune only what a blueprint recommends (needs torch)"),
+    "select-data": (
+        "reference_impl.select_cli",
+        "keep the training examples with the largest gradient norms (needs torch)",
+    ),
 }
 CORE_COMMANDS = ("validate", "show", "schema", "digest", "codes")
 
@@ -156,7 +161,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _missing_plugin(args: argparse.Namespace) -> int:
     module = PLUGIN_COMMANDS[args.command][0]
-    extra = "compute" if module.startswith("reference_impl") else "all"
+    extra = {"reference_impl.cli": "compute", "reference_impl.select_cli": "compute"}.get(module, "all")
     print(
         f"error: `blueprint {args.command}` is not available here (module {module} is missing or has no such "
         f"command); install the optional parts: pip install -c constraints.txt 'gradient-blueprints[{extra}]'",
