@@ -235,7 +235,9 @@ def generated_section(bp: Blueprint, nl: str, file_name: str = BLUEPRINT_FILE) -
         f"(weights: {weights})"
         + ("; rows in combined-rank order." if use_combined else "; rows in document order.")
     )
-    modules = sorted(bp.modules, key=lambda m: m.combined.rank) if use_combined else list(bp.modules)  # type: ignore[union-attr]
+    modules = list(bp.modules)
+    if use_combined:
+        modules.sort(key=lambda m: m.combined.rank if m.combined is not None else 0)
     rule = bp.allocation.rule
     params = (
         rule.parameters

@@ -142,14 +142,15 @@ def _require_dict(obj: Any, path: Path) -> MutableMapping[str, Any]:
         raise ContainerError(
             make_error(
                 "unsupported-container",
-                f"{path}: the checkpoint holds a {type(obj).__name__}, not a dict; there is no place for a blueprint",
+                f"{path}: the checkpoint holds a {type(obj).__name__}, not a dict; "
+                "there is no place for a blueprint",
             )
         )
     return obj
 
 
 def _not_plain(value: Any, depth: int = 0) -> str | None:
-    """Why `value` is not made of dicts with string keys, lists, str, int, float, bool and None, or None if it is.
+    """Why `value` is not plain (dicts with string keys, lists, str, int, float, bool, None); None if it is.
 
     None is JSON null, which a valid blueprint may hold inside `extensions`.
     """

@@ -183,6 +183,13 @@ def blueprints(draw: st.DrawFn, max_modules: int = 6) -> Blueprint:
         extensions=extensions,
         structure=draw(st.from_regex(r"\Asha256:[0-9a-f]{64}\Z")),
     )
+    # Whole sections drawn from the schema where no semantic rule ties them to the rest.
+    if draw(st.booleans()):
+        doc["provenance"] = draw(from_schema(_subschema("provenance")))
+    if draw(st.booleans()):
+        model = draw(from_schema(_subschema("model")))
+        model.pop("parameter_count", None)  # must cover the modules' parameters; left out
+        doc["model"] = model
     # Round-trip through JSON text: a blueprint is JSON values, never Python-only ones.
     doc = json.loads(json.dumps(doc))
     issues = [i for i in validate(doc) if i.is_error]

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_safetensors
-from converter_blueprints import blueprint_for_tensors, build_blueprint
 
 from blueprint_format import BlueprintError, dump, dumps, read_safetensors_header
 from blueprint_format.cli import main
 from converters import extract
 from converters.cli import _byte_count
+from tests.converters.converter_blueprints import blueprint_for_tensors, build_blueprint
+from tests.converters.helpers import write_safetensors
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from converter_blueprints import blueprints, build_blueprint
 from huggingface_hub import ModelCard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -15,6 +14,7 @@ from hypothesis import strategies as st
 from blueprint_format import BlueprintIOError, ContainerError, digest, dumps
 from converters import BLUEPRINT_FILE
 from converters.model_card import BEGIN, EMBED_LIMIT, END, ModelCardConverter, embed_in_text, remove_from_text
+from tests.converters.converter_blueprints import blueprints, build_blueprint
 
 CONV = ModelCardConverter()
 

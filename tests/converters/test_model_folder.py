@@ -8,8 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import tensor_buffer_digest, write_safetensors
-from converter_blueprints import blueprint_for_tensors
 from huggingface_hub import ModelCard
 from safetensors import safe_open
 
@@ -24,6 +22,8 @@ from blueprint_format import (
 from converters import BLUEPRINT_FILE, METADATA_KEY, embed, extract, kind_of, strip
 from converters.hub import pull, push
 from converters.model_folder import ModelFolderConverter
+from tests.converters.converter_blueprints import blueprint_for_tensors
+from tests.converters.helpers import tensor_buffer_digest, write_safetensors
 
 CONV = ModelFolderConverter()
 

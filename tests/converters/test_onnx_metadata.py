@@ -11,14 +11,14 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import leftovers, small_onnx_model
-from converter_blueprints import blueprints, build_blueprint
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from blueprint_format import BlueprintIOError, ContainerError, dumps
 from converters import METADATA_KEY, SPEC_VERSION_KEY, kind_of
 from converters.onnx_metadata import OnnxConverter
+from tests.converters.converter_blueprints import blueprints, build_blueprint
+from tests.converters.helpers import leftovers, small_onnx_model
 
 CONV = OnnxConverter()
 X = np.random.default_rng(1).standard_normal((5, 4)).astype(np.float32)

@@ -11,8 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import leftovers, tensor_buffer_digest, write_safetensors
-from converter_blueprints import blueprint_for_tensors, blueprints, build_blueprint
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors import safe_open
@@ -28,6 +26,8 @@ from blueprint_format import (
 )
 from converters import METADATA_KEY, SPEC_VERSION_KEY
 from converters.safetensors_header import SafetensorsConverter
+from tests.converters.converter_blueprints import blueprint_for_tensors, blueprints, build_blueprint
+from tests.converters.helpers import leftovers, tensor_buffer_digest, write_safetensors
 
 CONV = SafetensorsConverter()
 

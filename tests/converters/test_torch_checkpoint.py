@@ -10,8 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import leftovers
-from converter_blueprints import blueprint_for_tensors, blueprints, build_blueprint
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -19,6 +17,8 @@ import converters.torch_checkpoint as tc
 from blueprint_format import BlueprintIOError, ContainerError, dumps
 from converters import CHECKPOINT_KEY, kind_of
 from converters.torch_checkpoint import TorchCheckpointConverter
+from tests.converters.converter_blueprints import blueprint_for_tensors, blueprints, build_blueprint
+from tests.converters.helpers import leftovers
 
 CONV = TorchCheckpointConverter()
 
