@@ -65,6 +65,7 @@ def cards(draw: st.DrawFn) -> str:
     return "---" + nl + front.replace("\n", nl) + "---" + nl + body
 
 
+@pytest.mark.slow
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(bp=blueprints(), previous=st.none() | blueprints(max_modules=2), card=cards(), lone=st.booleans())
 def test_round_trip_any_blueprint_any_card(bp, previous, card, lone) -> None:  # type: ignore[no-untyped-def]

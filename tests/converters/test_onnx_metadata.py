@@ -69,6 +69,7 @@ def onnx_external(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(bp=blueprints(), previous=st.none() | blueprints(max_modules=2), external=st.booleans())
 def test_round_trip_any_blueprint(bp, previous, external) -> None:  # type: ignore[no-untyped-def]

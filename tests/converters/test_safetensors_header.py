@@ -48,6 +48,7 @@ def assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
         assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), k
 
 
+@pytest.mark.slow
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     bp=blueprints(),

@@ -60,6 +60,7 @@ def ckpt(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     bp=blueprints(),
