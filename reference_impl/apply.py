@@ -301,40 +301,78 @@ def local_statistics(
     model: nn.Module, modules: list[BoundModule], batches: Iterable[Any], loss_fn: LossFn, statistic: str,
     want_elements: bool,
 ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
-    """(per-module statistic, per-tensor element scores) on local batches, with the compute code's collector.
+    """(per-module statistic, per-tensor element scores) on a few local batches.
 
-    Element scores are the squared mean gradient normalised within each module (the quantity
-    the reference implementation's gain curves and sidecars rank).
+    Definitions as in compute.py (SPEC 7.2): per batch, a module's gradient norm is the L2 norm
+    of the gradient of the batch-mean loss over its own parameters; element scores are the squared
+    mean gradient normalised within each module (what the reference sidecar and gain curves rank).
+    Memory-light on purpose, since it runs on the user's small machine: each gradient is folded
+    into the accumulators by a post-accumulate hook and freed at once, so the full set of
+    gradients never exists; element scores need one float32 buffer per tensor of the model.
     """
-    from reference_impl.collector import GradientCollector
-
     device = next(model.parameters()).device
-    collector = GradientCollector(modules, device)
+    params = [p for m in modules for p in m.params]
+    owner = {id(p): i for i, m in enumerate(modules) for p in m.params}
+    sq = torch.zeros(len(modules), dtype=torch.float64, device=device)
+    sums: dict[int, torch.Tensor] = (
+        {id(p): torch.zeros_like(p, dtype=torch.float32) for p in params} if want_elements or
+        statistic == "mean_grad_norm" else {}
+    )
+
+    def fold(p: torch.Tensor) -> None:
+        g = p.grad
+        if g is None:
+            return
+        sq[owner[id(p)]] += g.detach().to(torch.float64).pow(2).sum()
+        if sums:
+            sums[id(p)].add_(g.detach())
+        p.grad = None
+
+    hooks = [p.register_post_accumulate_grad_hook(fold) for p in params]
+    rows: list[torch.Tensor] = []
     was_training = model.training
     model.eval()
-    collector.begin_domain()
     try:
         with torch.enable_grad():
-            for i, batch in enumerate(batches):
+            for batch in batches:
                 model.zero_grad(set_to_none=True)
-                loss = loss_fn(model, _to(batch, device))
-                loss.backward()
-                collector.accumulate(i)
-        stats = collector.end_domain(1.0)
+                sq.zero_()
+                loss_fn(model, _to(batch, device)).backward()
+                rows.append(sq.sqrt())
     finally:
+        for h in hooks:
+            h.remove()
         model.zero_grad(set_to_none=True)
         model.train(was_training)
-    bn = stats.batch_norms
-    import numpy as np
-
+    if not rows:
+        raise apply_error("empty-document", "local_batches is empty", "/local_batches", fallback="missing-field")
+    bn = torch.stack(rows).cpu()
+    n = bn.shape[0]
+    mean_grad_sq = torch.zeros(len(modules), dtype=torch.float64)
+    for p in params:
+        if sums:
+            mean_grad_sq[owner[id(p)]] += float((sums[id(p)].double() / n).pow(2).sum())
+    srt = bn.sort(dim=0).values
+    median = srt[n // 2] if n % 2 else 0.5 * (srt[n // 2 - 1] + srt[n // 2])
     per_stat = {
-        "grad_norm_mean": bn.mean(axis=0),
-        "grad_norm_median": np.median(bn, axis=0),
-        "grad_norm_sq_mean": (bn * bn).mean(axis=0),
-        "mean_grad_norm": stats.mean_grad_norm,
+        "grad_norm_mean": bn.mean(dim=0),
+        "grad_norm_median": median,
+        "grad_norm_sq_mean": (bn * bn).mean(dim=0),
+        "mean_grad_norm": mean_grad_sq.sqrt(),
     }[statistic]
     module_stat = {m.name: float(v) for m, v in zip(modules, per_stat)}
-    elements = collector.score_tensors("element", list(range(len(modules)))) if want_elements else {}
+    elements: dict[str, torch.Tensor] = {}
+    if want_elements:
+        for i, m in enumerate(modules):
+            total = float(mean_grad_sq[i]) * n * n
+            for tn, p in zip(m.tensor_names, m.params):
+                buf = sums.pop(id(p))
+                buf.pow_(2)  # in place: (n * mean gradient)^2
+                if total > 0:
+                    buf.div_(total)
+                else:
+                    buf.zero_()
+                elements[tn] = buf
     return module_stat, elements
 
 
@@ -554,7 +592,7 @@ def apply_blueprint(
     partial: dict[str, int] = {}
     for n, idx in chosen_units.items():
         if idx.numel():
-            m, j = by_tensor[n]
+            m, _ = by_tensor[n]
             partial[m.name] = partial.get(m.name, 0)
     refused = [m.name for m, o in zip(bound, owners) if m.name in partial and not _is_partial_type(o)]
     if refused:
