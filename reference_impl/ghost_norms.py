@@ -308,14 +308,14 @@ class _Capture:
         out.register_hook(hook)
         return out
 
-    def _add(self, p: nn.Parameter, contribution: Any, method: str) -> None:
+    def _add(self, p: torch.Tensor, contribution: Any, method: str) -> None:
         lst = self.pending.setdefault(id(p), [])
         lst.append(contribution)
         self.method.setdefault(id(p), method)
         if len(lst) == self.expected.get(id(p), 1):
             self._finalise(p)
 
-    def _finalise(self, p: nn.Parameter) -> None:
+    def _finalise(self, p: torch.Tensor) -> None:
         lst = self.pending.pop(id(p), [])
         if not lst:
             return
@@ -351,6 +351,7 @@ class _Capture:
             a = x.reshape(b, -1, x.shape[-1])
             gg = g.reshape(b, -1, g.shape[-1])
             w = module.weight
+            assert isinstance(w, torch.Tensor)
             if id(w) in self.params:
                 tied = self.expected.get(id(w), 1) > 1
                 factor = _Factor(_Side(dense=gg), _Side(dense=a), transpose=kind == "conv1d")
@@ -394,18 +395,18 @@ class _Capture:
             if isinstance(module.bias, nn.Parameter) and id(module.bias) in self.params:
                 self._add_explicit(module.bias, g.sum(dim=flat) if flat else g)
 
-    def _add_explicit(self, p: nn.Parameter, per_example: torch.Tensor) -> None:
+    def _add_explicit(self, p: torch.Tensor, per_example: torch.Tensor) -> None:
         if self.expected.get(id(p), 1) > 1:
             self._add(p, ("explicit", per_example), "direct")
         else:
             self._add(p, per_example.reshape(per_example.shape[0], -1).pow(2).sum(1), "direct")
 
 
-def _explicit_sq(c: Any, p: nn.Parameter) -> torch.Tensor:
+def _explicit_sq(c: Any, p: torch.Tensor) -> torch.Tensor:
     if isinstance(c, _Factor):
         return _inner(c, c)
     if isinstance(c, tuple):
-        g = c[1]
+        g: torch.Tensor = c[1]
         return g.reshape(g.shape[0], -1).pow(2).sum(1)
     raise ValueError("unknown contribution")
 
@@ -528,18 +529,19 @@ def per_example_grad_norms(
             unsupported[name] = bad[0]
             continue
         total = torch.zeros(b, dtype=torch.float64 if _any_f64(ps) else torch.float32, device=device)
-        method = None
+        method: str | None = None
         for p in ps:
+            how: str
+            val: torch.Tensor | None
             if id(p) in fallback_sq:
-                v, m = fallback_sq[id(p)], "vmap"
+                val, how = fallback_sq[id(p)], "vmap"
             else:
-                v = cap.sq.get(id(p))
-                m = cap.method.get(id(p), "direct")
-                if v is None:  # never reached by the loss
-                    v = torch.zeros(b, device=device)
-            total = total + v.to(total.dtype)
+                val, how = cap.sq.get(id(p)), cap.method.get(id(p), "direct")
+            if val is None:  # never reached by the loss
+                val = torch.zeros(b, device=device)
+            total = total + val.to(total.dtype)
             if method is None or p.dim() >= 2:
-                method = m
+                method = how
         out_rows.append(total)
         names_out.append(name)
         methods.append(method or "none")

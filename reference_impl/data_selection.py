@@ -1,0 +1,304 @@
+"""Data selection by per-example gradient norms: scoring, selection, the scores file and the
+blueprint's `data_selection` summary (SPEC.md section 10).
+
+Score. An example's score is the L2 norm of the gradient of that example's own loss (the loss
+the model computes for that example alone, padding excluded) with respect to the considered
+modules' parameters: all trainable modules, or the modules a blueprint selects (k* set). It is
+computed for every example of a batch in one forward and one backward pass
+(`reference_impl.ghost_norms`), with the model in eval mode (dropout off), so scores do not
+depend on the batch an example lands in beyond float rounding.
+
+Selection. `direction="highest"` (the default) keeps the examples with the largest scores: the
+ones the model is least fitted to and whose gradient moves the weights most, a first-order proxy
+for influence. Very large norms are often label noise or garbled text, so `drop_top` first
+discards that share of the highest-scoring examples as outliers, then keeps the top
+`round(fraction * total)` of the rest (`fraction` is always a share of the whole pool, as the
+spec requires; `fraction + drop_top <= 1`). `direction="lowest"` keeps the smallest scores (the
+easiest examples) instead. Ties break by input order; the selected examples keep input order.
+
+Scores file (JSON Lines, one line per input example, in input order):
+``{"index": i, "score": s, "method": ..., "structure_digest": ..., "modules_digest": ...}``.
+Each line carries the method and the digests so that a file stays self-describing when cut or
+concatenated: `structure_digest` is the scored model's (SPEC: structure digest of its weight
+files), `modules_digest` is SHA-256 of the considered module names (sorted, joined by LF), or
+"all" when every trainable module counted. A reused file (`read_scores`) is refused when either
+does not match. This module imports no torch at module level: selecting from a saved scores
+file needs none.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from blueprint_format.atomic import atomic_write_bytes
+from reference_impl.errors import compute_error, input_error
+
+#: The scoring method recorded in the scores file and in the blueprint summary.
+METHOD = "per-example-grad-norm"
+DIRECTIONS = ("highest", "lowest")
+ALL_MODULES = "all"
+
+
+@dataclass
+class ScoreResult:
+    """Scores of a data pool, in input order, and how they were obtained."""
+
+    scores: list[float]
+    modules: list[str]
+    methods: list[str]
+    modules_digest: str = ALL_MODULES
+    unsupported: dict[str, str] = field(default_factory=dict)
+    sq_norms: Any = None  # modules x examples tensor (squared norms), when kept
+
+
+def modules_digest(names: Iterable[str] | None) -> str:
+    """"all", or sha256 of the sorted module names joined by LF."""
+    if names is None:
+        return ALL_MODULES
+    text = "\n".join(sorted(names))
+    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def selected_count(total: int, fraction: float) -> int:
+    """round(fraction * total), at least 1: within 1 of fraction * total, as SPEC section 10 requires."""
+    return max(1, min(total, math.floor(fraction * total + 0.5)))
+
+
+def check_fraction(fraction: float, drop_top: float = 0.0) -> None:
+    """Refuse a fraction outside (0, 1], a drop_top outside [0, 1) or a sum above 1."""
+    if not (isinstance(fraction, (int, float)) and math.isfinite(fraction) and 0 < fraction <= 1):
+        raise input_error("out-of-range", f"fraction {fraction!r} must lie in (0, 1]")
+    if not (math.isfinite(drop_top) and 0 <= drop_top < 1):
+        raise input_error("out-of-range", f"drop-top {drop_top!r} must lie in [0, 1)")
+    if fraction + drop_top > 1 + 1e-9:
+        raise input_error(
+            "out-of-range", f"fraction {fraction} + drop-top {drop_top} exceeds 1: not enough examples would remain"
+        )
+
+
+def select_indices(
+    scores: Sequence[float], fraction: float, direction: str = "highest", drop_top: float = 0.0
+) -> list[int]:
+    """Indices (ascending, i.e. input order) of the examples kept; see the module docstring."""
+    check_fraction(fraction, drop_top)
+    if direction not in DIRECTIONS:
+        raise input_error("bad-enum", f"direction must be one of {DIRECTIONS}")
+    n = len(scores)
+    if n == 0:
+        raise input_error("empty-document", "no examples to select from")
+    bad = [i for i, s in enumerate(scores) if not math.isfinite(s)]
+    if bad:
+        raise compute_error("non-finite-number", f"example {bad[0]} has a non-finite score ({len(bad)} in all)")
+    by_high = sorted(range(n), key=lambda i: (-scores[i], i))
+    dropped = math.floor(drop_top * n + 0.5)
+    pool = by_high[dropped:]
+    if direction == "lowest":
+        pool = sorted(pool, key=lambda i: (scores[i], i))
+    k = selected_count(n, fraction)
+    if k > len(pool):
+        raise input_error("out-of-range", f"cannot keep {k} of {n} examples after dropping the top {dropped}")
+    return sorted(pool[:k])
+
+
+def quantile(values: Sequence[float], q: float) -> float:
+    """The q-quantile with linear interpolation between order statistics (numpy's default)."""
+    xs = sorted(values)
+    pos = q * (len(xs) - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def selection_summary(
+    scores: Sequence[float],
+    fraction: float,
+    direction: str = "highest",
+    drop_top: float = 0.0,
+    selected: int | None = None,
+    domain: str | None = None,
+    method: str = METHOD,
+) -> dict[str, Any]:
+    """The blueprint's `data_selection` member: aggregates only, never per-example values."""
+    n = len(scores)
+    out: dict[str, Any] = {
+        "method": method,
+        "direction": direction,
+        "fraction": fraction,
+        "examples_total": n,
+        "examples_selected": selected if selected is not None else selected_count(n, fraction),
+        "score_quantiles": {
+            "p10": quantile(scores, 0.1), "p50": quantile(scores, 0.5), "p90": quantile(scores, 0.9),
+        },
+    }
+    if drop_top:
+        out["drop_top_fraction"] = drop_top
+    if domain is not None:
+        out["domain"] = domain
+    return out
+
+
+def scores_bytes(
+    scores: Sequence[float], structure_digest: str, modules_digest_: str = ALL_MODULES, method: str = METHOD
+) -> bytes:
+    """The scores file's bytes (see the module docstring)."""
+    lines = [
+        json.dumps(
+            {"index": i, "score": float(s), "method": method, "structure_digest": structure_digest,
+             "modules_digest": modules_digest_},
+            separators=(",", ":"), allow_nan=False,
+        )
+        for i, s in enumerate(scores)
+    ]
+    return ("\n".join(lines) + "\n").encode("utf-8")
+
+
+def write_scores(
+    path: str | Path, scores: Sequence[float], structure_digest: str, modules_digest_: str = ALL_MODULES,
+    method: str = METHOD,
+) -> None:
+    """Write the scores file atomically."""
+    try:
+        atomic_write_bytes(path, scores_bytes(scores, structure_digest, modules_digest_, method))
+    except ValueError:
+        raise compute_error("non-finite-number", "a score is not finite; nothing written") from None
+    except OSError as exc:
+        raise input_error("write-failed", f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def read_scores(
+    path: str | Path,
+    structure_digest: str | None = None,
+    expected_count: int | None = None,
+    modules_digest_: str | None = None,
+) -> list[float]:
+    """Scores of a scores file, checked: one line per example with indices 0..N-1 in order, finite
+    non-negative scores, one method, and (when given) the model's structure digest, the
+    considered modules' digest and the number of examples."""
+    p = Path(path)
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise input_error("io-error", f"cannot read {p}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise input_error("not-utf8", f"{p}: not UTF-8") from None
+    scores: list[float] = []
+    seen: dict[str, set[str]] = {"method": set(), "structure_digest": set(), "modules_digest": set()}
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise input_error("parse-error", f"{p}: line {lineno}: not JSON ({exc.msg})") from None
+        if not isinstance(obj, dict):
+            raise input_error("not-an-object", f"{p}: line {lineno}: expected an object")
+        idx, score = obj.get("index"), obj.get("score")
+        if isinstance(idx, bool) or not isinstance(idx, int) or idx != len(scores):
+            raise input_error(
+                "out-of-range", f"{p}: line {lineno}: expected index {len(scores)} (one line per example, in order)"
+            )
+        if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score) or score < 0:
+            raise input_error("wrong-type", f"{p}: line {lineno}: `score` must be a finite non-negative number")
+        for key in seen:
+            value = obj.get(key)
+            if not isinstance(value, str):
+                raise input_error("missing-field", f"{p}: line {lineno}: missing `{key}`")
+            seen[key].add(value)
+        scores.append(float(score))
+    if not scores:
+        raise input_error("empty-document", f"{p}: no scores")
+    for key, values in seen.items():
+        if len(values) > 1:
+            raise input_error("inconsistent-statistics", f"{p}: lines disagree on `{key}` ({sorted(values)})")
+    if seen["method"] != {METHOD}:
+        raise input_error("bad-enum", f"{p}: scores by method {sorted(seen['method'])}, expected {METHOD!r}")
+    if structure_digest is not None and seen["structure_digest"] != {structure_digest}:
+        raise compute_error(
+            "structure-digest-mismatch",
+            f"{p} scores a model with structure digest {next(iter(seen['structure_digest']))}, "
+            f"not this model ({structure_digest})",
+        )
+    if modules_digest_ is not None and seen["modules_digest"] != {modules_digest_}:
+        raise compute_error(
+            "structure-digest-mismatch",
+            f"{p} scores other modules (modules digest {next(iter(seen['modules_digest']))}, expected {modules_digest_})",
+        )
+    if expected_count is not None and len(scores) != expected_count:
+        raise input_error(
+            "out-of-range", f"{p} has {len(scores)} scores but the data has {expected_count} examples"
+        )
+    return scores
+
+
+def blueprint_selected_modules(bp: Any, model: Any, model_path: str | Path | None = None) -> dict[str, list[Any]]:
+    """Blueprint module name -> the model's parameters, for the modules the blueprint selects
+    (k* set). Raises when none is selected or a selected module is not in the model."""
+    from reference_impl.model_binding import module_layout
+
+    layout = module_layout(model, model_path)
+    by_name = {m.name: m.params for m in layout.modules}
+    chosen = [m.name for m in bp.modules if m.k_star is not None]
+    if not chosen:
+        raise input_error("missing-field", "the blueprint selects no module (no k_star set)")
+    missing = [n for n in chosen if n not in by_name]
+    if missing:
+        raise compute_error(
+            "module-not-in-model", f"blueprint modules not in the model: {missing[:5]}", fallback="io-error"
+        )
+    return {n: list(by_name[n]) for n in chosen}
+
+
+def score_batches(
+    model: Any,
+    batches: Iterable[Any],
+    per_example_loss: Any = None,
+    modules: Mapping[str, Sequence[Any]] | Iterable[str] | None = None,
+    *,
+    device: Any = None,
+    form: str = "auto",
+    progress: Any = None,
+    keep_matrix: bool = False,
+) -> ScoreResult:
+    """Score every example of `batches` (in order) by its gradient norm; see the module docstring.
+
+    Refuses non-finite scores (ComputeError non-finite-number, naming the batch)."""
+    import torch
+
+    from reference_impl.compute import to_device
+    from reference_impl.ghost_norms import per_example_grad_norms
+
+    was_training = model.training
+    model.eval()
+    scores: list[float] = []
+    mats: list[Any] = []
+    names: list[str] = []
+    methods: list[str] = []
+    unsupported: dict[str, str] = {}
+    rows = modules if isinstance(modules, Mapping) or modules is None else list(modules)
+    try:
+        for b, batch in enumerate(batches):
+            if device is not None:
+                batch = to_device(batch, device)
+            res = per_example_grad_norms(model, batch, per_example_loss, rows, form=form)
+            s = res.scores.double().cpu()
+            if not bool(torch.isfinite(s).all()):
+                raise compute_error("non-finite-number", f"batch {b}: non-finite per-example gradient norm")
+            scores.extend(float(v) for v in s)
+            names, methods, unsupported = res.modules, res.methods, res.unsupported
+            if keep_matrix:
+                mats.append(res.sq_norms.double().cpu())
+            if progress is not None:
+                progress.update(int(s.shape[0]))
+    finally:
+        model.train(was_training)
+    considered = None if modules is None else list(modules)
+    return ScoreResult(
+        scores, names, methods, modules_digest(considered), unsupported,
+        torch.cat(mats, dim=1) if keep_matrix and mats else None,
+    )
