@@ -228,18 +228,12 @@ class GradientCollector:
 
     def _element_shares(self, mean: list[torch.Tensor]) -> tuple[dict[str, float], bool]:
         """Top-p shares of sum |mean gradient| over every trainable element."""
-        absval = [t.abs() for t in mean]
         if self.exact:
-            flat = torch.cat([a.reshape(-1) for a in absval]).to("cpu", torch.float64).numpy()
+            flat = torch.cat([a.reshape(-1) for a in mean]).abs().to("cpu", torch.float64).numpy()
             return heavy_tail.mass_shares(flat), True
-        top = torch.stack([a.max() for a in absval]).max()
-        counts: torch.Tensor | None = None
-        masses: torch.Tensor | None = None
-        for a in absval:
-            c, w = histogram(a, top)
-            counts = c if counts is None else counts + c
-            masses = w if masses is None else masses + w
-        assert counts is not None and masses is not None
+        # Largest |value| per tensor without a temporary: the infinity norm.
+        top = torch.stack(torch._foreach_norm(mean, math.inf)).max()
+        counts, masses = histogram(list(mean), top, absolute=True)
         keep = counts > 0
         c_h = counts[keep].to("cpu", torch.float64).numpy()
         w_h = masses[keep].to("cpu", torch.float64).numpy()
@@ -305,6 +299,8 @@ class GradientCollector:
                     sizes.append(torch.full((rows.shape[0],), rows.shape[1], dtype=torch.int64, device=v.device))
                 curves.append(row_curve(torch.cat(sizes), torch.cat(masses)))
             else:
-                flat = torch.cat([v.reshape(-1) for v in vals])
-                curves.append(exact_curve(flat) if self.exact else sketch_curve(flat))
+                if self.exact:
+                    curves.append(exact_curve(torch.cat([v.reshape(-1) for v in vals])))
+                else:
+                    curves.append(sketch_curve(list(vals)))
         return curves

@@ -92,30 +92,55 @@ def row_curve(row_sizes: torch.Tensor, row_masses: torch.Tensor) -> GainCurve:
     return _from_sorted_units(row_sizes[order].to(torch.int64), row_masses[order].to(torch.float64), exact=True)
 
 
-def histogram(values: torch.Tensor, top: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
+#: Elements per histogram chunk: small enough that the temporaries stay in cache and are reused.
+CHUNK = 1 << 20
+
+
+def histogram(
+    values: torch.Tensor | list[torch.Tensor], top: torch.Tensor | float, absolute: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(counts, masses) of non-negative `values` in log-spaced bins below `top`, largest bin first.
 
     Bin j holds values in (top * 10^-(j+1)/B, top * 10^-j/B] for B = BINS_PER_DECADE; the last
-    bin holds everything below DECADES decades under `top`, including zeros.
+    bin holds everything below DECADES decades under `top`, including zeros. `values` may be a
+    list of tensors (one histogram of all their elements); `absolute` bins |values|. The work is
+    done in chunks so that no temporary as large as the input is ever allocated.
     """
-    v = values.detach().reshape(-1).to(torch.float32)
+    tensors = values if isinstance(values, list) else [values]
     nbins = BINS_PER_DECADE * DECADES + 1
     top_v = float(top) if not isinstance(top, torch.Tensor) else float(top.item())
-    if not top_v > 0:
-        idx = torch.full(v.shape, nbins - 1, dtype=torch.long, device=v.device)
-    else:
-        # Bin = floor(B * log10(top / v)); zeros give +inf and land in the last bin via the clamp.
-        t = torch.log10(v)
-        t.sub_(math.log10(top_v)).mul_(-float(BINS_PER_DECADE)).clamp_(0, nbins - 1)
-        idx = t.long()  # truncation = floor for non-negative values
-    counts = torch.bincount(idx, minlength=nbins)
-    masses = torch.bincount(idx, weights=v, minlength=nbins).to(torch.float64)
+    device = tensors[0].device if tensors else torch.device("cpu")
+    counts = torch.zeros(nbins, dtype=torch.int64, device=device)
+    masses = torch.zeros(nbins, dtype=torch.float64, device=device)
+    log_top = math.log10(top_v) if top_v > 0 else 0.0
+    largest = max((min(t.numel(), CHUNK) for t in tensors), default=0)
+    ones = torch.ones(largest, dtype=torch.int64, device=device)
+    for tensor in tensors:
+        flat = tensor.detach().reshape(-1)
+        for start in range(0, flat.numel(), CHUNK):
+            v = flat[start : start + CHUNK].to(torch.float32)
+            if absolute:
+                v = v.abs()
+            if top_v > 0:
+                # Bin = floor(B * log10(top / v)); zeros give +inf and land in the last bin.
+                t = torch.log10(v)
+                t.sub_(log_top).mul_(-float(BINS_PER_DECADE)).clamp_(0, nbins - 1)
+                idx = t.long()  # truncation = floor for non-negative values
+            else:
+                idx = torch.full(v.shape, nbins - 1, dtype=torch.long, device=v.device)
+            # scatter_add_ is far faster than bincount on CPU (and deterministic there).
+            counts.scatter_add_(0, idx, ones[: idx.numel()])
+            chunk_mass = torch.zeros(nbins, dtype=torch.float32, device=device).scatter_add_(0, idx, v)
+            masses += chunk_mass.to(torch.float64)
     return counts, masses
 
 
-def sketch_curve(values: torch.Tensor) -> GainCurve:
-    """Approximate gain curve of elements with masses `values`, from a log-spaced histogram."""
-    v = values.detach().reshape(-1)
-    counts, masses = histogram(v, v.max() if v.numel() else 0.0)
+def sketch_curve(values: torch.Tensor | list[torch.Tensor]) -> GainCurve:
+    """Approximate gain curve of elements with masses `values` (non-negative; a tensor or a list
+    of tensors taken together), from a log-spaced histogram."""
+    tensors = values if isinstance(values, list) else [values]
+    nonempty = [t for t in tensors if t.numel()]
+    top = torch.stack([t.detach().max() for t in nonempty]).max() if nonempty else 0.0
+    counts, masses = histogram(tensors, top)
     keep = counts > 0
     return _from_sorted_units(counts[keep], masses[keep], exact=False)
