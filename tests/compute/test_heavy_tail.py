@@ -109,3 +109,13 @@ def test_shares_from_curve() -> None:
     assert s["top_10"] == pytest.approx(0.5)
     assert s["top_1"] == pytest.approx(0.05)
     assert s["top_50"] == pytest.approx(0.5 + 0.5 * 0.4 / 0.9)
+
+
+def test_many_modules_stay_fast() -> None:
+    import time
+
+    x = pareto(2.2, 1.0, 100_000, seed=11)  # the spec's maximum module count
+    t0 = time.perf_counter()
+    fit = fit_power_law(x)
+    assert time.perf_counter() - t0 < 30
+    assert fit.status == "ok" and fit.exponent == pytest.approx(2.2, rel=0.05)
