@@ -60,6 +60,11 @@ def describe_rule(bp: Blueprint) -> str:
     )
 
 
+def _rank_header(bp: Blueprint) -> str:
+    # The rank shown is the combined one when the blueprint has it, else the first domain's.
+    return "rank[combined]" if bp.modules[0].combined else f"rank[{bp.domain_names[0]}]"
+
+
 def module_rows(bp: Blueprint, top: int | None = None) -> list[list[str]]:
     """Layer / grad norm per domain / combined rank / parameters / k* rows, in document order."""
     rows = []
@@ -90,7 +95,7 @@ def render_text(bp: Blueprint, path: str = "", top: int | None = None) -> str:
         "",
         f"Modules ({len(bp.modules)}; {len(selected)} selected)",
         table(
-            ["Layer", *(f"Grad[{d}]" for d in bp.domain_names), "rank", "params", "k*"],
+            ["Layer", *(f"Grad[{d}]" for d in bp.domain_names), _rank_header(bp), "params", "k*"],
             module_rows(bp, top),
             set(range(1, len(bp.domain_names) + 4)),
         ),
