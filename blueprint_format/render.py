@@ -70,7 +70,7 @@ def module_rows(bp: Blueprint, top: int | None = None) -> list[list[str]]:
     rows = []
     for m in bp.modules[: top or None]:
         grads = [_fmt(m.stats[d].grad_norm_mean) if d in m.stats else "-" for d in bp.domain_names]
-        rank = str(m.combined.rank) if m.combined else str(next(iter(m.stats.values())).rank)
+        rank = str(m.combined.rank) if m.combined else str(m.stats[bp.domain_names[0]].rank)
         rows.append([m.name, *grads, rank, f"{m.parameter_count:,}", _fmt(m.k_star, ".3g")])
     return rows
 

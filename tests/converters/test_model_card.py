@@ -298,3 +298,16 @@ def test_real_minilm_card(tmp_path: Path, minilm_dir: Path) -> None:
     assert CONV.read(path) == bp
     CONV.remove(path)
     assert path.read_bytes() == original
+
+
+@pytest.mark.parametrize("nl", ["\n", "\r\n"])
+def test_body_without_final_newline_gets_blank_line_and_comes_back(tmp_path: Path, nl: str) -> None:
+    path = tmp_path / "README.md"
+    original = f"---{nl}license: mit{nl}---{nl}| a | b |{nl}|---|---|{nl}| 1 | 2 |".encode()
+    path.write_bytes(original)
+    CONV.write(path, build_blueprint([("a", 1)]))
+    text = path.read_bytes().decode()
+    assert f"| 1 | 2 |{nl}{nl}{BEGIN}{nl}" in text  # a blank line ends the table before the section
+    CONV.write(path, build_blueprint([("a", 1)], description="again"))  # re-embed keeps the note
+    CONV.remove(path)
+    assert path.read_bytes() == original
