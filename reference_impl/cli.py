@@ -267,16 +267,17 @@ def cmd_compute(args: argparse.Namespace) -> int:
         raise _usage(str(exc), "bad-rule") from None
     if args.cost_fixed < 0 or (args.cost_per_parameter is not None and args.cost_per_parameter < 0):
         raise _usage("cost model numbers must be non-negative", "bad-rule")
-    bp = compute_blueprint(
-        model, calib, loss_fn, model_path=model_path, model_name=args.name, revision=args.revision,
-        tokenizer=tokenizer, loss_name=loss_name, domain_weights=weights, rule=rule,
-        granularity=args.granularity, statistic=args.statistic, cost_model=cost, device=args.device,
-        precision=args.dtype, seed=args.seed, min_examples_per_aggregate=args.min_examples,
-        batch_size=args.batch_size, seq_len=args.seq_len, progress=not args.quiet,
-        publisher=args.publisher, description=args.description,
-        sidecar=out.with_name(out.stem + ".scores.safetensors") if args.sidecar else None,
-        sidecar_granularity=args.sidecar or "row",
-    )
+    seq_cap = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    if seq_cap and args.seq_len > int(seq_cap):
+        raise _usage(f"--seq-len {args.seq_len} exceeds the model's {seq_cap} positions")
+    try:
+        bp = _compute(compute_blueprint, model, calib, loss_fn, model_path, args, tokenizer, loss_name, weights, rule,
+                      cost, out)
+    except (RuntimeError, ValueError, IndexError, TypeError) as exc:
+        # Anything the model or loss raises on this data: one line, no traceback, nothing written.
+        raise compute_error(
+            "compute-failed", f"{type(exc).__name__}: {str(exc)[:500]}", fallback="unreadable-model"
+        ) from None
     issues = [i for i in bf.validate(bp) if i.is_error] + bf.check_binding(bp, tensors)
     if issues:  # a bug, not bad input: never write an invalid blueprint
         raise compute_error("inconsistent-statistics", "computed blueprint is invalid: " + "; ".join(map(str, issues)))
@@ -291,6 +292,22 @@ def cmd_compute(args: argparse.Namespace) -> int:
     if not args.quiet:
         _summary(bp, out, embedded)
     return 0
+
+
+def _compute(
+    compute_blueprint: Any, model: Any, calib: Any, loss_fn: Any, model_path: Path, args: argparse.Namespace,
+    tokenizer: Any, loss_name: str | None, weights: Any, rule: Any, cost: Any, out: Path,
+) -> Any:
+    return compute_blueprint(
+        model, calib, loss_fn, model_path=model_path, model_name=args.name, revision=args.revision,
+        tokenizer=tokenizer, loss_name=loss_name, domain_weights=weights, rule=rule,
+        granularity=args.granularity, statistic=args.statistic, cost_model=cost, device=args.device,
+        precision=args.dtype, seed=args.seed, min_examples_per_aggregate=args.min_examples,
+        batch_size=args.batch_size, seq_len=args.seq_len, progress=not args.quiet,
+        publisher=args.publisher, description=args.description,
+        sidecar=out.with_name(out.stem + ".scores.safetensors") if args.sidecar else None,
+        sidecar_granularity=args.sidecar or "row",
+    )
 
 
 def _summary(bp: Any, out: Path, embedded: Any) -> None:

@@ -355,10 +355,19 @@ def compute_blueprint(
             f"/domains/{len(results)}",
             fallback="non-finite-number",
         ) from None
-    except torch.OutOfMemoryError:
+    except (torch.OutOfMemoryError, MemoryError):
         raise compute_error(
             "out-of-memory",
             f"out of memory on {dev.type} in domain {names[len(results)]!r}; lower --batch-size or --seq-len",
+            fallback="io-error",
+        ) from None
+    except RuntimeError as exc:
+        if "out of memory" not in str(exc) and "can't allocate memory" not in str(exc):
+            raise
+        raise compute_error(
+            "out-of-memory",
+            f"out of memory on {dev.type} in domain {names[len(results)]!r} ({str(exc)[:200]}); "
+            "lower --batch-size or --seq-len",
             fallback="io-error",
         ) from None
     finally:

@@ -190,3 +190,4 @@ def test_usage_errors(folders: dict[str, Path], data: dict[str, Path], tmp_path:
     _expect_error(capsys, out, 2, "bad-rule", *base, "--budget", "1.5")
     _expect_error(capsys, out, 2, "io-error", *base, "--batch-size", "0")
     _expect_error(capsys, out, 2, "unknown-domain", *base, "--weight", "nope=1")
+    _expect_error(capsys, out, 2, "io-error", *base, "--seq-len", "100000")
