@@ -34,7 +34,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--batch-size", type=int, default=16, metavar="N")
     p.add_argument("--max-batches", type=int, default=None, metavar="N", help="per domain")
-    p.add_argument("--seq-len", type=int, default=128, metavar="N", help="truncate examples to N tokens")
+    p.add_argument(
+        "--seq-len", type=int, default=None, metavar="N",
+        help="truncate examples to N tokens (default 128, or the model's positions if fewer)",
+    )
     p.add_argument("--dtype", default="fp32", choices=PRECISIONS, help="weights dtype or autocast mode")
     p.add_argument("--seed", type=int, default=0, metavar="N")
     p.add_argument("--shuffle", action="store_true", help="shuffle examples (seeded) instead of file order")
@@ -175,7 +178,8 @@ def cmd_compute(args: argparse.Namespace) -> int:
     from reference_impl.data import make_batches, parse_data_arg, read_examples, select_examples
     from reference_impl.errors import input_error
 
-    for flag, value in (("--batch-size", args.batch_size), ("--seq-len", args.seq_len), ("--min-examples", args.min_examples)):
+    for flag, value in (("--batch-size", args.batch_size), ("--seq-len", args.seq_len or 1),
+                        ("--min-examples", args.min_examples)):
         if value < 1:
             raise _usage(f"{flag} must be at least 1")
     if args.max_batches is not None and args.max_batches < 1:
@@ -233,6 +237,11 @@ def cmd_compute(args: argparse.Namespace) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise _usage("--device cuda: no CUDA device is available")
     model, tokenizer, task = _load_model(model_path, args.loss, args.dtype)
+    seq_cap = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    if args.seq_len is None:
+        args.seq_len = min(128, int(seq_cap)) if seq_cap else 128
+    elif seq_cap and args.seq_len > int(seq_cap):
+        raise _usage(f"--seq-len {args.seq_len} exceeds the model's {seq_cap} positions")
     batches = {
         name: make_batches(ex, tokenizer, model, task, args.batch_size, args.seq_len, where=str(domains[name]))
         for name, ex in used.items()
@@ -267,9 +276,6 @@ def cmd_compute(args: argparse.Namespace) -> int:
         raise _usage(str(exc), "bad-rule") from None
     if args.cost_fixed < 0 or (args.cost_per_parameter is not None and args.cost_per_parameter < 0):
         raise _usage("cost model numbers must be non-negative", "bad-rule")
-    seq_cap = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
-    if seq_cap and args.seq_len > int(seq_cap):
-        raise _usage(f"--seq-len {args.seq_len} exceeds the model's {seq_cap} positions")
     try:
         bp = _compute(compute_blueprint, model, calib, loss_fn, model_path, args, tokenizer, loss_name, weights, rule,
                       cost, out)
