@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
+import re
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from reference_impl.losses import LossFn, default_loss
 from reference_impl.model_binding import ModuleLayout, module_layout
 
 GENERATOR_NAME = "gradient-blueprints"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 DEFAULT_RULE = Rule("global-budget", {"budget": 0.2})
 STATISTICS = ("grad_norm_mean", "grad_norm_median", "grad_norm_sq_mean", "mean_grad_norm")
 PRECISIONS = ("fp32", "fp64", "bf16", "fp16", "bf16-autocast", "fp16-autocast")
@@ -321,6 +323,12 @@ def compute_blueprint(
     loss_name = loss_name or f"custom:{getattr(loss_fn, '__name__', type(loss_fn).__name__)}"[:128]
 
     names = list(domains)
+    for i, n in enumerate(names):
+        if not isinstance(n, str) or not _NAME_RE.match(n):
+            raise input_error(
+                "bad-name", f"domain name {n!r}: letters, digits, '_', '-', '.', at most 64, starting alphanumeric",
+                f"/domains/{i}/name",
+            )
     specs = [d if isinstance(d, CalibrationDomain) else CalibrationDomain(batches=d) for d in domains.values()]
     try:
         weights = _normalise_weights(names, domain_weights, [s.weight for s in specs])

@@ -126,3 +126,9 @@ def test_empty_domain(tiny_net: TinyNet) -> None:
     with pytest.raises(ComputeInputError) as info:
         compute_blueprint(tiny_net, {"a": tiny_batches(1, 5), "b": []}, tiny_loss)
     assert info.value.code == "empty-document" and "'b'" in str(info.value)
+
+
+def test_bad_domain_name(tiny_net: TinyNet) -> None:
+    with pytest.raises(ComputeInputError) as info:
+        compute_blueprint(tiny_net, {"no spaces": tiny_batches(1, 5)}, tiny_loss)
+    assert info.value.code == "bad-name"
