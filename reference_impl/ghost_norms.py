@@ -257,6 +257,25 @@ def _considered(
     return result
 
 
+class _Tap(torch.autograd.Function):
+    """Identity on a module's output that hands the output's gradient to a callback.
+
+    Its second input, a zero scalar leaf (the anchor), puts every tapped output on a path to the
+    tensor the backward pass asks for, so `torch.autograd.grad(loss, anchors)` reaches every tapped
+    call while computing no parameter gradient; nothing flows into the anchor, and the forward
+    costs no copy (a view)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, anchor: torch.Tensor, callback: Callable[[torch.Tensor], None]) -> torch.Tensor:
+        ctx.callback = callback
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        ctx.callback(grad.detach())
+        return grad, None, None
+
+
 class _Capture:
     """Forward/backward hooks that turn each call's (A, G) into per-example contributions."""
 
@@ -268,15 +287,15 @@ class _Capture:
         self.pending: dict[int, list[Any]] = {}
         self.sq: dict[int, torch.Tensor] = {}
         self.method: dict[int, str] = {}
-        self.anchors: dict[torch.dtype, torch.Tensor] = {}
+        self.anchors: dict[torch.device, torch.Tensor] = {}
         self.bad: dict[int, str] = {}
         self.calls: dict[int, int] = {}
         self.handles: list[Any] = []
 
-    def anchor(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        if dtype not in self.anchors:
-            self.anchors[dtype] = torch.zeros((), dtype=dtype, device=device, requires_grad=True)
-        return self.anchors[dtype]
+    def anchor(self, device: torch.device) -> torch.Tensor:
+        if device not in self.anchors:
+            self.anchors[device] = torch.zeros((), device=device, requires_grad=True)
+        return self.anchors[device]
 
     # forward hook
     def forward_hook(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
@@ -299,14 +318,12 @@ class _Capture:
                 return None
         for p in ps:
             self.calls[id(p)] = self.calls.get(id(p), 0) + 1
-        out = output + self.anchor(output.dtype, output.device)
         saved = x.detach()
 
         def hook(grad: torch.Tensor) -> None:
             self._backward(module, kind, saved, grad.detach())
 
-        out.register_hook(hook)
-        return out
+        return _Tap.apply(output, self.anchor(output.device), hook)
 
     def _add(self, p: torch.Tensor, contribution: Any, method: str) -> None:
         lst = self.pending.setdefault(id(p), [])
