@@ -578,16 +578,7 @@ def apply_blueprint(
             )
         chosen_units, whole = _select_units(bound, owners, gprime, scores, granularity, cap)
 
-    # -- freeze and re-parametrise ----------------------------------------------------------------
-    unbound_names = set(layout.unbound)
-    for n, p in model.named_parameters():
-        p.requires_grad_(train_unbound and n in unbound_names)
-    handle = BlueprintHandle(
-        model=model, granularity=granularity, budget=budget, blueprint_digest=blueprint_digest(blueprint),
-        structure_digest=structure_digest(inventory), selection=[], bound_parameters=n_total,
-    )
-    if train_unbound:
-        handle.unbound = {n: p for n, p in model.named_parameters() if n in unbound_names}
+    # Refuse before touching the model, so that a refused call leaves it as it was.
     by_tensor = {n: (m, j) for m in bound for j, n in enumerate(m.tensor_names)}
     partial: dict[str, int] = {}
     for n, idx in chosen_units.items():
@@ -603,6 +594,17 @@ def apply_blueprint(
             + "; use granularity='module' or train these modules whole",
             "/granularity", fallback="wrong-type",
         )
+
+    # -- freeze and re-parametrise ----------------------------------------------------------------
+    unbound_names = set(layout.unbound)
+    for n, p in model.named_parameters():
+        p.requires_grad_(train_unbound and n in unbound_names)
+    handle = BlueprintHandle(
+        model=model, granularity=granularity, budget=budget, blueprint_digest=blueprint_digest(blueprint),
+        structure_digest=structure_digest(inventory), selection=[], bound_parameters=n_total,
+    )
+    if train_unbound:
+        handle.unbound = {n: p for n, p in model.named_parameters() if n in unbound_names}
     for m, owner in zip(bound, owners):
         mtype = type(owner).__name__ if owner is not None else m.type
         if m.name in whole:
