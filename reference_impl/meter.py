@@ -109,7 +109,15 @@ class FlopCounter:
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         self.calls: list[tuple[nn.Module, int, int]] = []  # (module, forward flops, embedding output size)
-        self.hooks = [m.register_forward_hook(self._hook) for m in model.modules() if _is_counted(m)]
+        # Counted modules, and every other module owning parameters directly (a LayerNorm...): those
+        # cost nothing here but mark where backward must reach. Parametrisation internals are
+        # skipped (they run whenever a re-parametrised weight is read).
+        self.hooks = [
+            m.register_forward_hook(self._hook)
+            for name, m in model.named_modules()
+            if ".parametrizations." not in f".{name}." and type(m).__name__ not in ("ParametrizationList",)
+            and (_is_counted(m) or any(True for _ in m.parameters(recurse=False)))
+        ]
 
     def _hook(self, module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
         if not torch.is_grad_enabled():

@@ -77,7 +77,7 @@ def blueprint_trainer(model: nn.Module, blueprint: Any, apply_kwargs: dict[str, 
 
     handle = apply_blueprint(model, blueprint, **(apply_kwargs or {}))
     callback = MeterCallback(model, handle, metric=metric, stopping=stopping)
-    callbacks = list(trainer_kwargs.pop("callbacks", []) or []) + [callback]
+    callbacks = [*(trainer_kwargs.pop("callbacks", None) or []), callback]
     trainer = Trainer(model=model, callbacks=callbacks, **trainer_kwargs)
     trainer.blueprint_handle = handle
     trainer.meter = callback.meter
