@@ -70,10 +70,29 @@ _Validator = jsonschema.validators.extend(  # type: ignore[no-untyped-call]
 )
 
 
+def _inline_refs(node: Any, defs: dict[str, Any]) -> Any:
+    """The schema with every local `$ref` replaced by its definition (v1 has no recursive refs).
+
+    Resolving references costs about a third of validation time in jsonschema; inlining them
+    once gives the same verdicts (error.schema is still the definition, x-error-code included).
+    """
+    if isinstance(node, list):
+        return [_inline_refs(item, defs) for item in node]
+    if not isinstance(node, dict):
+        return node
+    ref = node.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/$defs/"):
+        target = _inline_refs(defs[ref.removeprefix("#/$defs/")], defs)
+        siblings = {k: _inline_refs(v, defs) for k, v in node.items() if k != "$ref"}
+        return {"allOf": [target], **siblings} if siblings else target
+    return {k: (v if k == "$defs" else _inline_refs(v, defs)) for k, v in node.items()}
+
+
 @lru_cache(maxsize=1)
 def schema_validator() -> Any:
     """A Draft 2020-12 validator for the schema, with ECMA-262 pattern semantics."""
-    return _Validator(_parsed_schema())
+    schema = _parsed_schema()
+    return _Validator(_inline_refs(schema, schema.get("$defs", {})))
 
 
 def _pointer(parts: Any) -> str:
