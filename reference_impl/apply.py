@@ -328,7 +328,7 @@ def local_statistics(
             sums[id(p)].add_(g.detach())
         p.grad = None
 
-    hooks = [p.register_post_accumulate_grad_hook(fold) for p in params]
+    hooks = [p.register_post_accumulate_grad_hook(fold) for p in params]  # type: ignore[no-untyped-call]
     rows: list[torch.Tensor] = []
     was_training = model.training
     model.eval()
@@ -337,7 +337,7 @@ def local_statistics(
             for batch in batches:
                 model.zero_grad(set_to_none=True)
                 sq.zero_()
-                loss_fn(model, _to(batch, device)).backward()
+                loss_fn(model, _to(batch, device)).backward()  # type: ignore[no-untyped-call]
                 rows.append(sq.sqrt())
     finally:
         for h in hooks:
@@ -616,12 +616,12 @@ def apply_blueprint(
             continue
         selected = 0
         for _j, (tn, pn, p) in enumerate(zip(m.tensor_names, m.param_names, m.params)):
-            idx = chosen_units.get(tn)
-            if idx is None or idx.numel() == 0:
+            sel_idx = chosen_units.get(tn)
+            if sel_idx is None or sel_idx.numel() == 0:
                 continue
             units = p.numel() if granularity == "element" or p.dim() <= 1 else int(p.shape[0])
             row = 1 if granularity == "element" or p.dim() <= 1 else p.numel() // max(int(p.shape[0]), 1)
-            if int(idx.numel()) == units:  # the whole tensor: plain dense training is cheaper
+            if int(sel_idx.numel()) == units:  # the whole tensor: plain dense training is cheaper
                 p.requires_grad_(True)
                 handle.dense[pn] = p
                 selected += int(p.numel())
@@ -629,9 +629,9 @@ def apply_blueprint(
             assert owner is not None
             attr = pn.rsplit(".", 1)[-1]
             gran = "element" if granularity == "element" or p.dim() <= 1 else "row"
-            delta = attach_sparse_delta(owner, attr, idx, gran)
+            delta = attach_sparse_delta(owner, attr, sel_idx, gran)
             handle.sparse.append(_SparseEntry(pn, owner, attr, delta))
-            selected += int(idx.numel()) * row
+            selected += int(sel_idx.numel()) * row
         handle.selection.append(ModuleSelection(m.name, mtype, m.parameter_count, selected,
                                                 "sparse" if selected else "frozen", gprime.get(m.name, 0.0)))
     return handle
@@ -651,12 +651,13 @@ def load_update(model: nn.Module, path: str | Path, expect_structure: str | None
     except Exception as exc:
         raise apply_error("bad-container", f"{p}: not a readable safetensors file: {exc}",
                           fallback="bad-container") from None
-    meta = handle.metadata() or {}
+    meta = handle.metadata() or {}  # type: ignore[no-untyped-call]
     if meta.get("format") != UPDATE_FORMAT:
         raise apply_error("bad-container", f"{p}: not a blueprint update (format {meta.get('format')!r})",
                           fallback="bad-container")
     if expect_structure is not None and meta.get("structure_digest") != expect_structure:
         raise BindingError(make_error("structure-digest-mismatch", f"{p}: update made for another model structure"))
+    get: Any = handle.get_tensor
     kinds: dict[str, str] = json.loads(meta.get("kinds", "{}"))
     params = dict(model.named_parameters())
     changed: list[str] = []
@@ -666,14 +667,14 @@ def load_update(model: nn.Module, path: str | Path, expect_structure: str | None
             if target is None:
                 raise apply_error("bad-container", f"{p}: the model has no parameter {name!r}", fallback="bad-container")
             if kind == "whole":
-                t = handle.get_tensor(name)
+                t = get(name)
                 if tuple(t.shape) != tuple(target.shape):
                     raise apply_error("bad-container", f"{p}: {name} has shape {tuple(t.shape)}, the model "
                                       f"{tuple(target.shape)}", fallback="bad-container")
                 target.copy_(t.to(target.dtype))
             else:
-                values = handle.get_tensor(f"{name}::values").to(target.device, target.dtype)
-                idx = handle.get_tensor(f"{name}::indices").to(target.device).long()
+                values = get(f"{name}::values").to(target.device, target.dtype)
+                idx = get(f"{name}::indices").to(target.device).long()
                 units = target.numel() if kind == "sparse-element" else int(target.shape[0])
                 if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= units):
                     raise apply_error("bad-container", f"{p}: indices of {name} out of range",

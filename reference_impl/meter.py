@@ -83,7 +83,7 @@ def _module_flops(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> in
         return 0
     name = type(module).__name__
     if isinstance(module, nn.Linear) or name == "NonDynamicallyQuantizableLinear":
-        return 2 * int(out.numel()) * int(module.in_features)
+        return 2 * int(out.numel()) * int(module.in_features)  # type: ignore[arg-type]
     if name == "Conv1D":  # transformers' GPT-2 layer: weight (in, out)
         w = getattr(module, "weight", None)
         return 2 * int(out.numel()) * int(w.shape[0]) if isinstance(w, torch.Tensor) else 0

@@ -108,10 +108,10 @@ def lora_config(
     default_r = max(ranks.values())
     config = LoraConfig(
         r=default_r,
-        lora_alpha=alpha_ratio * default_r,
+        lora_alpha=round(alpha_ratio * default_r),
         target_modules=sorted(ranks),
         rank_pattern=dict(ranks),
-        alpha_pattern={n: alpha_ratio * r for n, r in ranks.items()},
+        alpha_pattern={n: round(alpha_ratio * r) for n, r in ranks.items()},
         task_type=task_type,
         modules_to_save=modules_to_save,
         **kwargs,
@@ -157,8 +157,8 @@ def shira_config(
         raise ValueError("no Linear module of the model is scored")
 
     def mask_fn(base_layer: nn.Module, r: int, **_: Any) -> torch.Tensor:
-        w = base_layer.weight
-        m, n = w.shape
+        w: torch.Tensor = base_layer.weight  # type: ignore[assignment]
+        m, n = (int(d) for d in w.shape)
         s = by_layer[id(base_layer)].to(w.device).reshape(m, n)
         count = min(r * (m + n), m * n)
         mask = torch.zeros(m * n, dtype=w.dtype, device=w.device)
@@ -166,5 +166,5 @@ def shira_config(
         return mask.view(m, n)
 
     config = ShiraConfig(r=r, target_modules=sorted(targets), task_type=task_type, modules_to_save=modules_to_save)
-    config.mask_fn = mask_fn
+    config.mask_fn = mask_fn  # type: ignore[assignment]
     return config

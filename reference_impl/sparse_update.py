@@ -17,6 +17,8 @@ The dense gradient of W_eff is still formed transiently by the module's backward
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
@@ -42,6 +44,7 @@ class SparseDelta(nn.Module):
             raise ValueError("granularity must be 'row' or 'element'")
         self.granularity = granularity
         self.shape = torch.Size(shape)
+        self.indices: torch.Tensor
         self.register_buffer("indices", indices.to(device))
         if granularity == "element":
             vshape: tuple[int, ...] = (int(indices.numel()),)
@@ -88,7 +91,8 @@ def sparse_deltas(module: nn.Module) -> dict[str, SparseDelta]:
     out: dict[str, SparseDelta] = {}
     if not parametrize.is_parametrized(module):
         return out
-    for name, plist in module.parametrizations.items():
+    plists: Any = module.parametrizations
+    for name, plist in plists.items():
         for p in plist:
             if isinstance(p, SparseDelta):
                 out[name] = p

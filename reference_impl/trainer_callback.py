@@ -23,7 +23,7 @@ from transformers import TrainerCallback
 from reference_impl.meter import Meter, StoppingRule
 
 
-class MeterCallback(TrainerCallback):  # type: ignore[misc]
+class MeterCallback(TrainerCallback):
     """Meter a Trainer run: FLOPs per step, Psi at each evaluation, dPsi/dGamma in the logs, early stop."""
 
     def __init__(
@@ -79,6 +79,6 @@ def blueprint_trainer(model: nn.Module, blueprint: Any, apply_kwargs: dict[str, 
     callback = MeterCallback(model, handle, metric=metric, stopping=stopping)
     callbacks = [*(trainer_kwargs.pop("callbacks", None) or []), callback]
     trainer = Trainer(model=model, callbacks=callbacks, **trainer_kwargs)
-    trainer.blueprint_handle = handle
-    trainer.meter = callback.meter
+    trainer.blueprint_handle = handle  # type: ignore[attr-defined]
+    trainer.meter = callback.meter  # type: ignore[attr-defined]
     return trainer
