@@ -258,22 +258,21 @@ def _considered(
 
 
 class _Tap(torch.autograd.Function):
-    """Identity on a module's output that hands the output's gradient to a callback.
-
-    Its second input, a zero scalar leaf (the anchor), puts every tapped output on a path to the
-    tensor the backward pass asks for, so `torch.autograd.grad(loss, anchors)` reaches every tapped
-    call while computing no parameter gradient; nothing flows into the anchor, and the forward
-    costs no copy (a view)."""
+    """Identity on a module's floating-point input whose second input is a zero scalar leaf (the
+    anchor). It puts the module's output on a path to the tensor the backward pass asks for, so
+    `torch.autograd.grad(loss, anchors)` reaches every hooked call (and fires the hook on its
+    output) while computing no parameter gradient; nothing flows into the anchor, and the forward
+    costs no copy (a view). The input, not the output, is tapped: a module's output may be
+    modified in place downstream (`y += x`), which autograd forbids on a custom Function's view;
+    Linear and LayerNorm never modify their input."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, anchor: torch.Tensor, callback: Callable[[torch.Tensor], None]) -> torch.Tensor:
-        ctx.callback = callback
+    def forward(ctx: Any, x: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
         return x.view_as(x)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        ctx.callback(grad.detach())
-        return grad, None, None
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad, None
 
 
 class _Capture:
@@ -297,7 +296,12 @@ class _Capture:
             self.anchors[device] = torch.zeros((), device=device, requires_grad=True)
         return self.anchors[device]
 
-    # forward hook
+    def pre_hook(self, module: nn.Module, args: tuple[Any, ...]) -> Any:
+        """Tap a floating-point first input (see _Tap); integer inputs (token ids) are left alone."""
+        if args and isinstance(args[0], torch.Tensor) and args[0].is_floating_point():
+            return (_Tap.apply(args[0], self.anchor(args[0].device)), *args[1:])
+        return None
+
     def forward_hook(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
         kind = _kind(module)
         ps = [p for _, p in _direct_params(module) if id(p) in self.params]
@@ -306,12 +310,14 @@ class _Capture:
         x = args[0]
         if not isinstance(x, torch.Tensor):
             return None
+        expanded = False
         if output.dim() == 0 or output.shape[0] != self.b:
             if output.dim() >= 1 and output.shape[0] == 1 and self.b > 1:
                 # A batch-broadcast call (position ids of shape (1, T)): give each example its own copy
                 # of the output, so its gradient is per example; the value seen downstream is the same.
                 output = output.expand(self.b, *output.shape[1:])
                 x = x.expand(self.b, *x.shape[1:])
+                expanded = True
             else:
                 for p in ps:
                     self.bad[id(p)] = f"output batch dimension {tuple(output.shape)} is not the batch size {self.b}"
@@ -323,7 +329,22 @@ class _Capture:
         def hook(grad: torch.Tensor) -> None:
             self._backward(module, kind, saved, grad.detach())
 
-        return _Tap.apply(output, self.anchor(output.device), hook)
+        if expanded or not x.is_floating_point():
+            # No tapped float input to reach this call through (token ids): add the anchor to the
+            # output instead (a copy, but only for embeddings), and hook the sum.
+            out = output + self.anchor(output.device).to(output.dtype)
+            out.register_hook(hook)
+            return out
+        if output._is_view():
+            # An in-place change of a view downstream (`y += x`) would reroute the gradient around
+            # the view's node and its hook: hand on a copy instead.
+            out = output.clone()
+            out.register_hook(hook)
+            return out
+        # A hook on a non-view stays with this value (gets the gradient of the value before any
+        # later in-place change), which is the module's output gradient.
+        output.register_hook(hook)
+        return None
 
     def _add(self, p: torch.Tensor, contribution: Any, method: str) -> None:
         lst = self.pending.setdefault(id(p), [])
@@ -505,6 +526,7 @@ def per_example_grad_norms(
     cap = _Capture(b, form, {pid: wanted[pid] for pid in hookable}, {})
     hooked = {id(m): m for pid in hookable for m in holders[pid]}
     for m in hooked.values():
+        cap.handles.append(m.register_forward_pre_hook(cap.pre_hook))
         cap.handles.append(m.register_forward_hook(cap.forward_hook))
     try:
         losses = per_example_loss(model, batch)

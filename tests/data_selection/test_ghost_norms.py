@@ -137,3 +137,35 @@ def test_no_parameter_gradients_left_behind() -> None:
     model = SeqNet().eval()
     per_example_grad_norms(model, _seq_batch(), seqnet_loss)
     assert all(p.grad is None for p in model.parameters())
+
+
+class _InPlace(torch.nn.Module):
+    """Outputs modified in place downstream (residual `+=`, `relu_`), as many models do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.l = torch.nn.Linear(4, 4)
+        self.h = torch.nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.l(x)
+        y += x
+        y.relu_()
+        return self.h(y).sum(1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_outputs_modified_in_place(dtype: torch.dtype) -> None:
+    torch.manual_seed(5)
+    model = _InPlace().to(dtype)
+    x = torch.randn(3, 5, 4, dtype=dtype)
+    y = torch.tensor([0, 1, 1])
+
+    def loss(m: torch.nn.Module, b: dict) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(m(b["x"]), b["y"], reduction="none")
+
+    rows = module_params(model)
+    res = per_example_grad_norms(model, {"x": x, "y": y}, loss, rows)
+    expected = naive_sq_norms(model, [{"x": x[i : i + 1], "y": y[i : i + 1]} for i in range(3)], loss, rows)
+    tol = 1e-8 if dtype == torch.float64 else 1e-4
+    torch.testing.assert_close(res.sq_norms.double(), expected, rtol=tol, atol=1e-10)
