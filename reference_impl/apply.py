@@ -400,12 +400,13 @@ def _unit_scores(t: torch.Tensor, granularity: str) -> tuple[torch.Tensor, int]:
 
 def _select_units(
     modules: list[BoundModule], owners: list[nn.Module | None], gprime: dict[str, float],
-    elements: Mapping[str, torch.Tensor], granularity: str, cap: int,
+    elements: Mapping[str, torch.Tensor], granularity: str, cap: int, inplace: bool = False,
 ) -> tuple[dict[str, torch.Tensor], set[str]]:
     """Rows/elements to train under `cap` entries: (tensor name -> selected unit indices, whole modules).
 
     Greedy by gain per parameter; the threshold is found by bisection so that no concatenated
-    score vector of the whole model is ever built (peak memory stays one tensor's scores).
+    score vector of the whole model is ever built. With `inplace`, element densities are computed
+    in the score tensors themselves (float32), so no second model-sized buffer is allocated.
     """
     # Per tensor: (tensor name, density per unit, unit size); per whole-unit module: one unit.
     parts: list[tuple[str, torch.Tensor, int]] = []
@@ -426,14 +427,25 @@ def _select_units(
             continue
         for n, s in zip(m.tensor_names, scores):
             assert s is not None
-            u, size = _unit_scores(s.to(torch.float64), granularity)
-            parts.append((n, u * (g / total / size), size))
+            if s.dtype != torch.float32 or not s.is_contiguous():
+                s = s.to(torch.float32).contiguous()
+            elif not inplace:
+                s = s.clone()
+            u, size = _unit_scores(s, granularity)
+            parts.append((n, u.mul_(g / total / size), size))
+
+    maxima = [float(d.max()) if d.numel() else 0.0 for _, d, _ in parts]
+
+    def f32(x: float) -> float:
+        # Thresholds are compared with float32 densities: round them the same way everywhere.
+        return float(torch.tensor(x, dtype=torch.float32))
 
     def taken(tau: float) -> int:
-        n = sum(int((d >= tau).sum()) * size for _, d, size in parts)
+        tau = f32(tau)
+        n = sum(int((d >= tau).sum()) * size for (_, d, size), mx in zip(parts, maxima) if mx >= tau)
         return n + sum(size for _, d, size in wholes if d >= tau)
 
-    hi = max([float(d.max()) for _, d, _ in parts if d.numel()] + [d for _, d, _ in wholes] + [0.0])
+    hi = max([*maxima, *(d for _, d, _ in wholes), 0.0])
     if hi <= 0:
         return {}, set()
     lo = hi
@@ -444,13 +456,14 @@ def _select_units(
     else:
         # Bisection in log space between floor (too many) and hi (fits unless one unit exceeds cap).
         lo, up = math.log(floor), math.log(hi) + 1e-12
-        for _ in range(60):
+        for _ in range(48):
             mid = 0.5 * (lo + up)
             if taken(math.exp(mid)) <= cap:
                 up = mid
             else:
                 lo = mid
         tau = math.exp(up)
+    tau = f32(tau)
     chosen = {n: (d >= tau).nonzero().flatten() for n, d, _ in parts}
     whole = {name for name, d, size in wholes if d >= tau}
     return chosen, whole
@@ -576,7 +589,10 @@ def apply_blueprint(
                 "to choose which entries to train",
                 "/local_batches", fallback="missing-field",
             )
-        chosen_units, whole = _select_units(bound, owners, gprime, scores, granularity, cap)
+        own = rng is not None or (element_scores is None and bool(local_elements))
+        chosen_units, whole = _select_units(bound, owners, gprime, scores, granularity, cap, inplace=own)
+        del scores
+        local_elements.clear()
 
     # Refuse before touching the model, so that a refused call leaves it as it was.
     by_tensor = {n: (m, j) for m in bound for j, n in enumerate(m.tensor_names)}

