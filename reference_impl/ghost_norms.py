@@ -299,7 +299,7 @@ class _Capture:
     def pre_hook(self, module: nn.Module, args: tuple[Any, ...]) -> Any:
         """Tap a floating-point first input (see _Tap); integer inputs (token ids) are left alone."""
         if args and isinstance(args[0], torch.Tensor) and args[0].is_floating_point():
-            return (_Tap.apply(args[0], self.anchor(args[0].device)), *args[1:])
+            return (_Tap.apply(args[0], self.anchor(args[0].device)), *args[1:])  # type: ignore[no-untyped-call]
         return None
 
     def forward_hook(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
