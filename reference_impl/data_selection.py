@@ -17,12 +17,13 @@ spec requires; `fraction + drop_top <= 1`). `direction="lowest"` keeps the small
 easiest examples) instead. Ties break by input order; the selected examples keep input order.
 
 Scores file (JSON Lines, one line per input example, in input order):
-``{"index": i, "score": s, "method": ..., "structure_digest": ..., "modules_digest": ...}``.
-Each line carries the method and the digests so that a file stays self-describing when cut or
-concatenated: `structure_digest` is the scored model's (SPEC: structure digest of its weight
-files), `modules_digest` is SHA-256 of the considered module names (sorted, joined by LF), or
-"all" when every trainable module counted. A reused file (`read_scores`) is refused when either
-does not match. This module imports no torch at module level: selecting from a saved scores
+``{"index": i, "score": s, "method": ..., "structure_digest": ..., "modules_digest": ...,
+"data_digest": ...}``. Each line carries the method and the digests so that a file stays
+self-describing when cut or concatenated: `structure_digest` is the scored model's (SPEC:
+structure digest of its weight files), `modules_digest` is SHA-256 of the considered module names
+(sorted, joined by LF), or "all" when every trainable module counted, and `data_digest` is the
+data fingerprint of the scored examples (SHA-256 of their texts joined by LF, as blueprints
+fingerprint calibration data). A reused file (`read_scores`) is refused when any does not match. This module imports no torch at module level: selecting from a saved scores
 file needs none.
 """
 
@@ -143,14 +144,20 @@ def selection_summary(
     return out
 
 
+def data_digest(texts: Iterable[str]) -> str:
+    """`sha256:` + hex SHA-256 of the examples' texts joined by LF (the calibration data fingerprint)."""
+    return "sha256:" + hashlib.sha256("\n".join(texts).encode("utf-8")).hexdigest()
+
+
 def scores_bytes(
-    scores: Sequence[float], structure_digest: str, modules_digest_: str = ALL_MODULES, method: str = METHOD
+    scores: Sequence[float], structure_digest: str, modules_digest_: str = ALL_MODULES, method: str = METHOD,
+    data_digest_: str = "",
 ) -> bytes:
     """The scores file's bytes (see the module docstring)."""
     lines = [
         json.dumps(
             {"index": i, "score": float(s), "method": method, "structure_digest": structure_digest,
-             "modules_digest": modules_digest_},
+             "modules_digest": modules_digest_, "data_digest": data_digest_},
             separators=(",", ":"), allow_nan=False,
         )
         for i, s in enumerate(scores)
@@ -160,11 +167,11 @@ def scores_bytes(
 
 def write_scores(
     path: str | Path, scores: Sequence[float], structure_digest: str, modules_digest_: str = ALL_MODULES,
-    method: str = METHOD,
+    method: str = METHOD, data_digest_: str = "",
 ) -> None:
     """Write the scores file atomically."""
     try:
-        atomic_write_bytes(path, scores_bytes(scores, structure_digest, modules_digest_, method))
+        atomic_write_bytes(path, scores_bytes(scores, structure_digest, modules_digest_, method, data_digest_))
     except ValueError:
         raise compute_error("non-finite-number", "a score is not finite; nothing written") from None
     except OSError as exc:
@@ -176,10 +183,11 @@ def read_scores(
     structure_digest: str | None = None,
     expected_count: int | None = None,
     modules_digest_: str | None = None,
+    data_digest_: str | None = None,
 ) -> list[float]:
     """Scores of a scores file, checked: one line per example with indices 0..N-1 in order, finite
     non-negative scores, one method, and (when given) the model's structure digest, the
-    considered modules' digest and the number of examples."""
+    considered modules' digest, the number of examples and the data digest."""
     p = Path(path)
     try:
         text = p.read_bytes().decode("utf-8")
@@ -188,7 +196,9 @@ def read_scores(
     except UnicodeDecodeError:
         raise input_error("not-utf8", f"{p}: not UTF-8") from None
     scores: list[float] = []
-    seen: dict[str, set[str]] = {"method": set(), "structure_digest": set(), "modules_digest": set()}
+    seen: dict[str, set[str]] = {
+        "method": set(), "structure_digest": set(), "modules_digest": set(), "data_digest": set(),
+    }
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -232,6 +242,10 @@ def read_scores(
     if expected_count is not None and len(scores) != expected_count:
         raise input_error(
             "out-of-range", f"{p} has {len(scores)} scores but the data has {expected_count} examples"
+        )
+    if data_digest_ is not None and seen["data_digest"] != {data_digest_}:
+        raise input_error(
+            "bad-digest", f"{p} scores other data (data digest {next(iter(seen['data_digest']))}, expected {data_digest_})"
         )
     return scores
 

@@ -33,7 +33,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--fraction", required=True, type=float, metavar="Q", help="share of the pool to keep, in (0, 1]")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="selected examples (.jsonl or .txt)")
     p.add_argument("--blueprint", default=None, metavar="FILE", help="score only the modules this blueprint selects")
-    p.add_argument("--scores", default=None, metavar="FILE", help="also write one JSON line per example: index, score")
+    p.add_argument(
+        "--scores", default=None, metavar="FILE",
+        help="also write one JSON line per example, in input order: index, score, and the method, "
+        "structure_digest (model), modules_digest and data_digest it was computed with",
+    )
     p.add_argument(
         "--from-scores", default=None, metavar="FILE",
         help="select from a scores file written earlier for this model and data (refused if it scores another model)",
@@ -143,13 +147,15 @@ def cmd_select_data(args: argparse.Namespace) -> int:
                 f"{bp.method.min_examples_per_aggregate} (the blueprint's min_examples_per_aggregate)",
             )
 
-    from reference_impl.data_selection import modules_digest
+    from reference_impl.data_selection import data_digest, modules_digest
+
+    ddigest = data_digest(e.fingerprint_text for e in examples)
 
     if args.from_scores:
         wanted_modules = None
         if bp is not None:
             wanted_modules = modules_digest([m.name for m in bp.modules if m.k_star is not None])
-        scores = read_scores(args.from_scores, digest, len(examples), wanted_modules or "all")
+        scores = read_scores(args.from_scores, digest, len(examples), wanted_modules or "all", ddigest)
         mdigest = wanted_modules or "all"
     else:
         scores, mdigest = _score(args, examples, bp, model_path)
@@ -170,7 +176,7 @@ def cmd_select_data(args: argparse.Namespace) -> int:
     from blueprint_format.atomic import atomic_write_bytes
 
     if args.scores:
-        write_scores(args.scores, scores, digest, mdigest)
+        write_scores(args.scores, scores, digest, mdigest, data_digest_=ddigest)
     try:
         atomic_write_bytes(out, _output_bytes(lines, keep, data, out))
     except OSError as exc:

@@ -161,3 +161,14 @@ def test_blueprint_restriction_and_summary(scored: dict[str, Path], cls_folder: 
         "--blueprint", str(bp_path), "--from-scores", str(scored["scores"]), "-o", str(tmp_path / "x.jsonl"),
     ])
     assert code == 1 and not (tmp_path / "x.jsonl").exists()
+
+
+def test_scores_of_other_data_are_refused(scored: dict[str, Path], cls_folder: Path, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    other = write_jsonl(tmp_path / "other.jsonl", 40, seed=9)  # same size, other texts
+    out = tmp_path / "sel.jsonl"
+    code = main(["select-data", "--model", str(cls_folder), "--data", str(other), "--fraction", "0.3",
+                 "--from-scores", str(scored["scores"]), "-o", str(out)])
+    assert code == 2
+    assert "bad-digest" in capsys.readouterr().err
+    assert not out.exists()

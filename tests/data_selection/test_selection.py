@@ -76,11 +76,14 @@ def test_summary_validates_in_a_blueprint() -> None:
 
 def test_scores_file_round_trip_and_refusals(tmp_path: Path) -> None:
     p = tmp_path / "s.jsonl"
-    write_scores(p, [0.5, 2.0, 1.25], D)
+    write_scores(p, [0.5, 2.0, 1.25], D, data_digest_=D)
     lines = [json.loads(x) for x in p.read_text().splitlines()]
     assert lines[1] == {"index": 1, "score": 2.0, "method": "per-example-grad-norm", "structure_digest": D,
-                        "modules_digest": "all"}
-    assert read_scores(p, D, 3, "all") == [0.5, 2.0, 1.25]
+                        "modules_digest": "all", "data_digest": D}
+    assert read_scores(p, D, 3, "all", D) == [0.5, 2.0, 1.25]
+    with pytest.raises(ComputeInputError) as exc2:
+        read_scores(p, D, 3, "all", "sha256:" + "00" * 32)  # same size, other data
+    assert exc2.value.issues[0].code == "bad-digest"
     with pytest.raises(ComputeError) as exc:
         read_scores(p, "sha256:" + "cd" * 32)
     assert exc.value.issues[0].code == "structure-digest-mismatch"
