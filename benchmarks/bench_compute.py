@@ -76,18 +76,26 @@ def main() -> None:
     def plain(i: int, b: dict) -> None:
         step(b)
 
+    added: dict[str, list[float]] = {"collector": [], "naive": []}  # the collection work alone
+
     def collect(i: int, b: dict) -> None:
         step(b)
+        sync()
+        t0 = time.perf_counter()
         collector.accumulate(i)
+        sync()
+        added["collector"].append(time.perf_counter() - t0)
 
     def naive(i: int, b: dict) -> None:
         step(b)
+        t0 = time.perf_counter()
         row = []
         for j, p in enumerate(params):
             g = p.grad if p.grad is not None else torch.zeros_like(p)
             row.append(g.norm().item())  # one host sync per parameter per batch
             naive_sums[j] += g
         naive_norms.append(row)
+        added["naive"].append(time.perf_counter() - t0)
 
     methods = {"plain": plain, "collector": collect, "naive": naive}
     names = list(methods)
@@ -128,6 +136,12 @@ def main() -> None:
     room = 0.10 * med["plain"] - extra
     if room > 0:
         print(f"  finalisation fits the 10% target from {fin / room:.0f} batches per domain on")
+    add_c = statistics.median(added["collector"])
+    add_n = statistics.median(added["naive"])
+    print(f"  collection work alone: collector {add_c * 1000:.1f} ms/batch, naive {add_n * 1000:.1f} ms/batch")
+    print(f"ratio (plain + collector work) / plain       = {(med['plain'] + add_c) / med['plain']:.3f}  "
+          "(direct; robust to load from other processes)")
+    print(f"ratio naive work / collector work            = {add_n / add_c:.2f}")
     print(f"ratio naive / collector, per batch           = {med['naive'] / med['collector']:.3f}")
     print(f"ratio naive / plain, per batch               = {med['naive'] / med['plain']:.3f}")
 
