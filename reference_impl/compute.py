@@ -274,7 +274,9 @@ def compute_blueprint(
     returning `.loss`). `model_path` (a safetensors file or model folder) binds the blueprint to
     those weight files' headers; without it the blueprint binds to the model's state_dict.
     Under torch.distributed each process takes every world_size-th batch (`shard_batches`) and
-    the results are combined; every process returns the same blueprint. Raises ComputeError /
+    the results are combined; every process returns the same blueprint. DDP-wrapped models work
+    (a batch is then the union of the processes' batches); FSDP is refused, because its processes
+    hold only shards of flattened gradients (see `reference_impl.collector`). Raises ComputeError /
     ComputeInputError (BlueprintError subclasses) for refused input.
 
     `sidecar`: also write the combined row- or element-level scores (`sidecar_granularity`) of
