@@ -17,7 +17,7 @@ the k = 0.2 element selection (equal trainable size on the Linear modules). The 
 chosen on the dev split from a shared grid at seed 0 for full fine-tuning, for blueprint element
 selection at k = 0.2 (shared by every partial-update arm) and for LoRA.
 
-Run: `HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/finetune.py` (about 30 minutes on 2 shared CPU
+Run: `HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/finetune.py` (about 40 minutes on 2 busy shared CPU
 cores); `--quick` for a smoke run. Writes benchmarks/output/finetune/{results.json, finetune.md,
 finetune.png}.
 """
@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "output" / "finetune"
 KS = (0.05, 0.1, 0.2, 0.5)
 LR_GRID = (1e-4, 4e-4)
-SEQ_LEN = 48
+SEQ_LEN = 32
 BATCH = 16
 
 
@@ -256,10 +256,10 @@ def label(r: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--arm", help=argparse.SUPPRESS)
-    ap.add_argument("--steps", type=int, default=80)
-    ap.add_argument("--train", type=int, default=1280)
-    ap.add_argument("--dev", type=int, default=256)
-    ap.add_argument("--eval", type=int, default=384)
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--train", type=int, default=800)
+    ap.add_argument("--dev", type=int, default=192)
+    ap.add_argument("--eval", type=int, default=256)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="tiny smoke run")
     args = ap.parse_args(argv)

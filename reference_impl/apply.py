@@ -323,7 +323,8 @@ def local_statistics(
         g = p.grad
         if g is None:
             return
-        sq[owner[id(p)]] += g.detach().to(torch.float64).pow(2).sum()
+        # Norms in float32 as the compute collector takes them; squares summed in float64.
+        sq[owner[id(p)]] += torch.linalg.vector_norm(g.detach()).to(torch.float64).pow(2)
         if sums:
             sums[id(p)].add_(g.detach())
         p.grad = None
