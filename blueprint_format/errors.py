@@ -23,7 +23,7 @@ class ErrorCode:
     """One row of the error-code table."""
 
     code: str
-    layer: str  # "parse", "limit", "version", "schema", "semantic", "binding" or "container"
+    layer: str  # parse, limit, version, schema, semantic, binding, container, compute or io
     summary: str
 
 
@@ -114,6 +114,12 @@ ERROR_CODES: dict[str, ErrorCode] = _table(
     ("unsupported-container", "container", "No converter handles this target."),
     ("unsafe-checkpoint", "container", "A checkpoint needs arbitrary unpickling; it is refused."),
     ("write-failed", "container", "The target could not be written; the original is unchanged."),
+    # Computation (the reference implementation and other producers).
+    ("non-finite-gradient", "compute", "A calibration batch produced NaN or infinite gradients; nothing was written."),
+    ("out-of-memory", "compute", "The device ran out of memory; lower the batch size or sequence length."),
+    ("no-trainable-parameters", "compute", "The model has no trainable parameters that its weight files hold."),
+    ("unsupported-model", "compute", "The model or its wrapping (e.g. FSDP sharding) is not supported."),
+    ("compute-failed", "compute", "The model's forward or backward pass failed on the given data."),
     # Input/output (exit status 2).
     ("io-error", "io", "A file could not be read or written."),
 )
