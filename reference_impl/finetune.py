@@ -120,9 +120,10 @@ def train(
                 loss = model(**batch).loss
                 loss.backward()
                 optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
                 step += 1
+                # Before zero_grad, so that the gradients count in the trainable state they occupy.
                 meter.step(examples=int(batch["labels"].numel()))
+                optimizer.zero_grad(set_to_none=True)
                 if pbar is not None:
                     pbar.update(1)
                     pbar.set_postfix(loss=f"{float(loss):.3f}", acc=f"{acc:.3f}")
