@@ -426,13 +426,19 @@ def _select_units(
         total = float(sum(float(s.sum()) for s in scores if s is not None))
         if total <= 0:
             continue
-        for n, s in zip(m.tensor_names, scores):
+        for n, s, p in zip(m.tensor_names, scores, m.params):
             assert s is not None
             if s.dtype != torch.float32 or not s.is_contiguous():
                 s = s.to(torch.float32).contiguous()
             elif not inplace:
                 s = s.clone()
-            u, size = _unit_scores(s, granularity)
+            if granularity == "row" and p.dim() >= 2 and s.dim() == 1 and s.numel() == p.shape[0]:
+                u, size = s, p.numel() // int(p.shape[0])  # row scores (a row sidecar)
+            elif s.numel() != p.numel():
+                raise apply_error("bad-container", f"scores of {n} have shape {tuple(s.shape)}, the tensor "
+                                  f"{tuple(p.shape)}", fallback="bad-container")
+            else:
+                u, size = _unit_scores(s, granularity)
             parts.append((n, u.mul_(g / total / size), size))
 
     maxima = [float(d.max()) if d.numel() else 0.0 for _, d, _ in parts]
@@ -468,6 +474,44 @@ def _select_units(
     chosen = {n: (d >= tau).nonzero().flatten() for n, d, _ in parts}
     whole = {name for name, d, size in wholes if d >= tau}
     return chosen, whole
+
+
+def sidecar_scores(bp: Blueprint, blueprint_dir: str | Path, granularity: str = "element") -> dict[str, torch.Tensor]:
+    """Scores from the blueprint's sidecar (SPEC 11), to choose rows/elements without local gradients.
+
+    Takes an element sidecar (usable for both granularities) or, for `row`, a row sidecar. The
+    path must stay inside `blueprint_dir` and the file must match its digest (bad-container
+    otherwise); unsafe paths are refused with unsafe-path.
+    """
+    import hashlib
+
+    from safetensors.torch import load as load_safetensors
+
+    wanted = ("element",) if granularity == "element" else ("row", "element")
+    entries = [s for s in (bp.sidecars or []) if s.granularity in wanted and s.format == "safetensors"]
+    if not entries:
+        raise apply_error("missing-field", f"the blueprint has no {' or '.join(wanted)} sidecar", "/sidecars",
+                          fallback="missing-field")
+    entry = sorted(entries, key=lambda s: wanted.index(s.granularity))[0]
+    folder = Path(blueprint_dir).resolve()
+    rel = entry.path
+    segments = rel.split("/")
+    if rel.startswith("/") or "\\" in rel or rel[1:2] == ":" or any(s in ("", ".", "..") for s in segments):
+        raise apply_error("unsafe-path", f"sidecar path {rel!r} is not a safe relative path", "/sidecars",
+                          fallback="unsafe-path")
+    target = (folder / rel).resolve()
+    if folder not in target.parents:
+        raise apply_error("unsafe-path", f"sidecar {rel!r} resolves outside {folder}", "/sidecars",
+                          fallback="unsafe-path")
+    try:
+        data = target.read_bytes()
+    except OSError as exc:
+        raise apply_error("io-error", f"cannot read sidecar {target}: {exc.strerror or exc}", "/sidecars",
+                          fallback="io-error") from None
+    if "sha256:" + hashlib.sha256(data).hexdigest() != entry.digest:
+        raise apply_error("bad-container", f"sidecar {rel} does not match its digest", "/sidecars",
+                          fallback="bad-container")
+    return dict(load_safetensors(data))
 
 
 def apply_blueprint(

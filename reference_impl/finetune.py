@@ -186,17 +186,19 @@ def run_finetune(
     device: str = "auto",
     progress: bool = True,
     eta: float | None = None,
+    use_sidecar: bool = False,
 ) -> dict[str, Any]:
     """Fine-tune a local sequence-classification model on what the blueprint selects; write the results.
 
     Writes into `out_dir`: update.safetensors (the update alone), meter.json (the meter's report)
-    and summary.json; returns the summary.
+    and summary.json; returns the summary. Rows/elements are chosen from the gradients of the first
+    LOCAL_BATCHES training batches, or from the blueprint's sidecar with `use_sidecar`.
     """
     import transformers
 
     from blueprint_format.api import load as load_blueprint
     from blueprint_format.atomic import atomic_write_bytes
-    from reference_impl.apply import apply_blueprint
+    from reference_impl.apply import apply_blueprint, sidecar_scores
     from reference_impl.compute import resolve_device
     from reference_impl.data import make_batches, read_examples
     from reference_impl.errors import input_error
@@ -226,8 +228,12 @@ def run_finetune(
     eval_batches = make_batches(eval_ex, tokenizer, model, task, batch_size, seq_len, where=str(eval_path))
     dev = resolve_device(device)
     model.to(dev)
+    scores = (
+        sidecar_scores(bp, Path(blueprint_path).parent, granularity)
+        if use_sidecar and granularity != "module" else None
+    )
     handle = apply_blueprint(
-        model, bp, budget=budget, domains=domains, granularity=granularity,
+        model, bp, budget=budget, domains=domains, granularity=granularity, element_scores=scores,
         local_batches=[_to(b, dev) for b in train_batches[:LOCAL_BATCHES]], blend=blend, force=force,
         model_path=mp if mp.is_dir() or mp.suffix == ".safetensors" else None,
     )

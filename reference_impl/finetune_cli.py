@@ -35,6 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help="your domain mixture (repeat; weights sum to 1); default: the blueprint's")
     p.add_argument("--eta", type=float, default=None, help="stop when mean dPsi/dGamma (per FLOP) stays below ETA")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--sidecar", action="store_true",
+                   help="choose rows/elements from the blueprint's score sidecar instead of local gradients")
     p.add_argument("--force", action="store_true", help="apply even if the blueprint does not bind (warns)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR")
@@ -70,7 +72,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         args.model, args.blueprint, args.train, args.eval, args.output, budget=args.budget,
         granularity=args.granularity, max_steps=args.max_steps, batch_size=args.batch_size, seq_len=args.seq_len,
         lr=args.lr, seed=args.seed, blend=args.blend, domains=_domains(args.domain), force=args.force,
-        device=args.device, progress=not args.quiet, eta=args.eta,
+        device=args.device, progress=not args.quiet, eta=args.eta, use_sidecar=args.sidecar,
     )
     print(
         f"finetune: accuracy {summary['initial_accuracy']:.4f} -> {summary['accuracy']:.4f} in {summary['steps']} "

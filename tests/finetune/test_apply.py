@@ -285,3 +285,28 @@ def test_element_granularity_needs_scores(mlp: TinyMLP) -> None:
     with pytest.raises(BlueprintError) as err:
         apply_blueprint(mlp, mlp_blueprint(mlp), budget=0.3, granularity="block")
     assert _codes(err.value) == ["bad-enum"]
+
+
+def test_sidecar_scores_choose_the_same_entries_as_local_gradients(tmp_path, mlp: TinyMLP) -> None:
+    from reference_impl.apply import sidecar_scores
+    from reference_impl.compute import compute_blueprint
+
+    batches = mlp_batches(0, 6)
+    bp = compute_blueprint(mlp, {"a": batches}, mlp_loss, device="cpu", min_examples_per_aggregate=1,
+                           sidecar=tmp_path / "scores.safetensors", sidecar_granularity="element")
+    scores = sidecar_scores(bp, tmp_path)
+    for gran in ("element", "row"):
+        a = apply_blueprint(copy.deepcopy(mlp), bp, budget=0.3, granularity=gran, element_scores=scores)
+        b = apply_blueprint(copy.deepcopy(mlp), bp, budget=0.3, granularity=gran, local_batches=batches,
+                            loss_fn=mlp_loss, blend=1.0)
+        assert a.selected_count > 0
+        assert {e.param_name: e.delta.indices.tolist() for e in a.sparse} == {
+            e.param_name: e.delta.indices.tolist() for e in b.sparse
+        }
+    (tmp_path / "scores.safetensors").write_bytes((tmp_path / "scores.safetensors").read_bytes() + b" ")
+    with pytest.raises(BlueprintError) as err:
+        sidecar_scores(bp, tmp_path)
+    assert _codes(err.value) == ["bad-container"]
+    with pytest.raises(BlueprintError) as err:
+        sidecar_scores(mlp_blueprint(mlp), tmp_path)
+    assert _codes(err.value) == ["missing-field"]
