@@ -15,6 +15,9 @@ discards that share of the highest-scoring examples as outliers, then keeps the 
 `round(fraction * total)` of the rest (`fraction` is always a share of the whole pool, as the
 spec requires; `fraction + drop_top <= 1`). `direction="lowest"` keeps the smallest scores (the
 easiest examples) instead. Ties break by input order; the selected examples keep input order.
+With `labels`, selection runs within each label, keeping each label's share of the pool: with
+an untrained (new) classification head, one class has larger losses and hence larger gradient
+norms, and a global top-q can become nearly one-class (benchmarks/combined_budget.py shows it).
 
 Scores file (JSON Lines, one line per input example, in input order):
 ``{"index": i, "score": s, "method": ..., "structure_digest": ..., "modules_digest": ...,
@@ -83,10 +86,39 @@ def check_fraction(fraction: float, drop_top: float = 0.0) -> None:
         )
 
 
+def _quotas(sizes: Sequence[int], total: int) -> list[int]:
+    """Split `total` over groups in proportion to their sizes (largest remainder, ties by order)."""
+    n = sum(sizes)
+    exact = [total * s / n for s in sizes]
+    base = [math.floor(e) for e in exact]
+    order = sorted(range(len(sizes)), key=lambda g: (-(exact[g] - base[g]), g))
+    for g in order[: total - sum(base)]:
+        base[g] += 1
+    return base
+
+
+def _rank(indices: Sequence[int], scores: Sequence[float], keep: int, direction: str, drop: int) -> list[int]:
+    by_high = sorted(indices, key=lambda i: (-scores[i], i))
+    pool = by_high[drop:]
+    if direction == "lowest":
+        pool = sorted(pool, key=lambda i: (scores[i], i))
+    return pool[:keep]
+
+
 def select_indices(
-    scores: Sequence[float], fraction: float, direction: str = "highest", drop_top: float = 0.0
+    scores: Sequence[float],
+    fraction: float,
+    direction: str = "highest",
+    drop_top: float = 0.0,
+    labels: Sequence[Any] | None = None,
 ) -> list[int]:
-    """Indices (ascending, i.e. input order) of the examples kept; see the module docstring."""
+    """Indices (ascending, i.e. input order) of the examples kept; see the module docstring.
+
+    `labels` (one per example): select within each label instead, keeping every label's share of
+    the pool (quotas by largest remainder, so the total is still round(fraction * total)); the
+    top drop_top of each label is dropped first. Without it a pool can end up nearly one-class:
+    an untrained head gives one class larger losses, hence larger gradient norms.
+    """
     check_fraction(fraction, drop_top)
     if direction not in DIRECTIONS:
         raise input_error("bad-enum", f"direction must be one of {DIRECTIONS}")
@@ -96,15 +128,26 @@ def select_indices(
     bad = [i for i, s in enumerate(scores) if not math.isfinite(s)]
     if bad:
         raise compute_error("non-finite-number", f"example {bad[0]} has a non-finite score ({len(bad)} in all)")
-    by_high = sorted(range(n), key=lambda i: (-scores[i], i))
-    dropped = math.floor(drop_top * n + 0.5)
-    pool = by_high[dropped:]
-    if direction == "lowest":
-        pool = sorted(pool, key=lambda i: (scores[i], i))
     k = selected_count(n, fraction)
-    if k > len(pool):
-        raise input_error("out-of-range", f"cannot keep {k} of {n} examples after dropping the top {dropped}")
-    return sorted(pool[:k])
+    if labels is None:
+        groups = [list(range(n))]
+    else:
+        if len(labels) != n:
+            raise input_error("out-of-range", f"{len(labels)} labels for {n} scores")
+        by_label: dict[Any, list[int]] = {}
+        for i, y in enumerate(labels):
+            by_label.setdefault(y, []).append(i)
+        groups = list(by_label.values())
+    keeps = _quotas([len(g) for g in groups], k) if len(groups) > 1 else [k]
+    chosen: list[int] = []
+    for g, keep in zip(groups, keeps):
+        drop = math.floor(drop_top * len(g) + 0.5)
+        if keep > len(g) - drop:
+            raise input_error(
+                "out-of-range", f"cannot keep {keep} of {len(g)} examples after dropping the top {drop}"
+            )
+        chosen += _rank(g, scores, keep, direction, drop)
+    return sorted(chosen)
 
 
 def quantile(values: Sequence[float], q: float) -> float:

@@ -44,6 +44,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     p.add_argument("--drop-top", type=float, default=0.0, metavar="F", help="discard the top F of the pool first")
     p.add_argument("--direction", choices=("highest", "lowest"), default="highest")
+    p.add_argument(
+        "--balance-labels", action="store_true",
+        help="select within each `label` (.jsonl), keeping every label's share of the pool; advised for "
+        "classification with a new head, whose gradient norms favour one class",
+    )
     p.add_argument("--batch-size", type=int, default=16, metavar="N")
     p.add_argument("--seq-len", type=int, default=128, metavar="N", help="truncate examples to N tokens")
     p.add_argument("--loss", default="auto", choices=("auto", "causal-lm", "sequence-classification"))
@@ -160,8 +165,14 @@ def cmd_select_data(args: argparse.Namespace) -> int:
     else:
         scores, mdigest = _score(args, examples, bp, model_path)
 
-    keep = select_indices(scores, args.fraction, args.direction, args.drop_top)
-    summary = selection_summary(scores, args.fraction, args.direction, args.drop_top, len(keep), args.domain, METHOD)
+    labels = None
+    if args.balance_labels:
+        labels = [e.label for e in examples]
+        if any(y is None for y in labels):
+            raise input_error("missing-field", "--balance-labels needs a `label` on every example (.jsonl)")
+    keep = select_indices(scores, args.fraction, args.direction, args.drop_top, labels)
+    method = METHOD + ("-label-balanced" if labels is not None else "")
+    summary = selection_summary(scores, args.fraction, args.direction, args.drop_top, len(keep), args.domain, method)
     new_bp = None
     if args.update_blueprint and bp is not None:
         import blueprint_format as bf

@@ -172,3 +172,18 @@ def test_scores_of_other_data_are_refused(scored: dict[str, Path], cls_folder: P
     assert code == 2
     assert "bad-digest" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_balance_labels(scored: dict[str, Path], cls_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "sel.jsonl"
+    code = main(["select-data", "--model", str(cls_folder), "--data", str(scored["data"]), "--fraction", "0.3",
+                 "--from-scores", str(scored["scores"]), "--balance-labels", "-o", str(out), "--quiet"])
+    assert code == 0
+    sel = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(sel) == 12
+    assert sum(s["label"] == "pos" for s in sel) == 6  # 20 of each label in the pool
+    rows = _scores(scored["scores"])
+    for label in ("pos", "neg"):
+        ids = [i for i in range(40) if (i % 2 == 1) == (label == "pos")]
+        top = sorted(sorted(ids, key=lambda i: -rows[i]["score"])[:6])
+        assert [s["id"] for s in sel if s["label"] == label] == top

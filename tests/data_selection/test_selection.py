@@ -96,3 +96,30 @@ def test_scores_file_round_trip_and_refusals(tmp_path: Path) -> None:
     with pytest.raises(ComputeError):
         write_scores(tmp_path / "nan.jsonl", [float("nan")], D)
     assert not (tmp_path / "nan.jsonl").exists()
+
+
+@given(st.lists(st.tuples(st.floats(0, 10, allow_nan=False), st.integers(0, 2)), min_size=1, max_size=60),
+       st.floats(0.01, 0.7), st.floats(0, 0.29))
+def test_label_balanced_selection(items: list[tuple[float, int]], fraction: float, drop: float) -> None:
+    scores = [s for s, _ in items]
+    labels = [y for _, y in items]
+    try:
+        keep = select_indices(scores, fraction, "highest", drop, labels)
+    except ComputeInputError:
+        return  # a small label group cannot give its quota after dropping: refused, not wrong
+    n = len(items)
+    assert len(keep) == selected_count(n, fraction)  # the spec's count, whatever the groups
+    for y in set(labels):
+        group = [i for i in range(n) if labels[i] == y]
+        mine = [i for i in keep if labels[i] == y]
+        assert abs(len(mine) - len(keep) * len(group) / n) <= 1 + 1e-9
+        # within a label: the highest after that label's own dropped top, ties by order
+        ranked = sorted(group, key=lambda i: (-scores[i], i))[int(drop * len(group) + 0.5):]
+        assert sorted(mine) == sorted(ranked[: len(mine)])
+
+
+def test_label_balance_counters_a_one_class_top() -> None:
+    scores = [10.0 + i for i in range(10)] + [float(i) for i in range(10)]  # label 0 all higher
+    labels = [0] * 10 + [1] * 10
+    assert select_indices(scores, 0.4) == list(range(2, 10))
+    assert select_indices(scores, 0.4, labels=labels) == [6, 7, 8, 9, 16, 17, 18, 19]
