@@ -345,7 +345,9 @@ def score_batches(
             res = per_example_grad_norms(model, batch, per_example_loss, rows, form=form)
             s = res.scores.double().cpu()
             if not bool(torch.isfinite(s).all()):
-                raise compute_error("non-finite-number", f"batch {b}: non-finite per-example gradient norm")
+                raise compute_error(
+                    "non-finite-gradient", f"batch {b}: non-finite per-example gradient norm", fallback="non-finite-number"
+                )
             scores.extend(float(v) for v in s)
             names, methods, unsupported = res.modules, res.methods, res.unsupported
             if keep_matrix:

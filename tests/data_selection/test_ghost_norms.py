@@ -169,3 +169,16 @@ def test_outputs_modified_in_place(dtype: torch.dtype) -> None:
     expected = naive_sq_norms(model, [{"x": x[i : i + 1], "y": y[i : i + 1]} for i in range(3)], loss, rows)
     tol = 1e-8 if dtype == torch.float64 else 1e-4
     torch.testing.assert_close(res.sq_norms.double(), expected, rtol=tol, atol=1e-10)
+
+
+def test_non_finite_scores_are_refused() -> None:
+    from reference_impl.data_selection import score_batches
+    from reference_impl.errors import ComputeError
+
+    model = SeqNet().double().eval()
+    with torch.no_grad():
+        model.l1.weight[0, 0] = float("nan")
+    with pytest.raises(ComputeError) as exc:
+        score_batches(model, [_seq_batch()], seqnet_loss)
+    assert exc.value.issues[0].code in ("non-finite-gradient", "non-finite-number")
+    assert "batch 0" in exc.value.issues[0].message
