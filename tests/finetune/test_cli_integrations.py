@@ -119,6 +119,7 @@ def test_cli_bad_budget_and_mismatch(setup: dict[str, Path], capsys: pytest.Capt
     assert not (setup["tmp"] / "o" / "update.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_lora_export_follows_k_star() -> None:
     from peft import get_peft_model
 

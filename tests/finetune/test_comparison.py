@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 
 from reference_impl.apply import apply_blueprint
@@ -12,6 +13,7 @@ from reference_impl.finetune import train
 from tests.finetune.conftest import bert_batches, tiny_bert_cls
 
 
+@pytest.mark.slow
 def test_arms_share_one_path_and_partial_updates_hold_less_state() -> None:
     base = tiny_bert_cls()
     bp = compute_blueprint(base, {"a": bert_batches(0, 4)}, device="cpu", min_examples_per_aggregate=1)
