@@ -337,7 +337,17 @@ class _Capture:
             return out
         if output._is_view():
             # An in-place change of a view downstream (`y += x`) would reroute the gradient around
-            # the view's node and its hook: hand on a copy instead.
+            # the view's node and its hook. Linear on (B, T, d) returns a reshaped view of its 2-D
+            # matmul result: hook that base (same elements, same order) instead; otherwise hand on
+            # a copy.
+            base = output._base
+            if (
+                base is not None and base.grad_fn is not None and base.numel() == output.numel()
+                and base.is_contiguous() and output.is_contiguous()
+            ):
+                shape = output.shape
+                base.register_hook(lambda g: hook(g.reshape(shape)))
+                return None
             out = output.clone()
             out.register_hook(hook)
             return out
