@@ -22,9 +22,13 @@ A_i (T x d) and register a hook on its output that receives G_i (T x p) during t
 * A parameter used by several calls (tied input/output embeddings, a layer applied twice): the
   norm of the sum of its contributions, by pairwise Gram inner products.
 
-The backward runs with `torch.autograd.grad` towards a zero scalar added to every hooked output,
-so the pass computes the gradients that flow through the model but no parameter gradients, and
-each G_i is reduced to per-example numbers inside its hook and released at once. Parameters
+The backward runs with `torch.autograd.grad` towards a zero scalar leaf (the anchor) tied to every
+hooked call: an identity autograd Function on each hooked module's floating-point input (a view,
+no copy), or the anchor added to an embedding's output (token ids have no gradient path). So the
+pass computes the gradients that flow through the model but no parameter gradients, and each G_i
+is reduced to per-example numbers inside its hook and released at once. Hooks sit on the
+module's output (or on the 2-D matmul result a Linear reshapes), so an in-place change of the
+output downstream (`y += x`) does not hide its gradient. Parameters
 of other modules (custom modules, Conv2d, RMSNorm...) fall back to torch.func (vmap over grad
 of the single-example loss); if that fails they are reported in `unsupported` and left out.
 
