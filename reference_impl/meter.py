@@ -47,7 +47,18 @@ def current_rss_bytes() -> int:
 
 
 def peak_rss_bytes() -> int:
-    """Peak resident set size of this process since it started (ru_maxrss; KiB on Linux, bytes on macOS)."""
+    """Peak resident set size of this process's memory image (VmHWM on Linux, else ru_maxrss).
+
+    Linux's ru_maxrss survives execve: a child started by fork+exec from a big parent reports the
+    parent's peak. VmHWM belongs to the current memory image and starts afresh at exec.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)
 
