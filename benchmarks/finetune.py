@@ -85,7 +85,9 @@ def prepare(n_train: int, n_dev: int, n_eval: int, seed: int = 0, sidecar: bool 
     paths = {}
     for name, items in splits.items():
         p = OUT / f"{name}.jsonl"
-        p.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in items), encoding="utf-8")
+        text = "".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in items)
+        if not p.exists() or p.read_text(encoding="utf-8") != text:  # never rewrite under a running arm
+            p.write_text(text, encoding="utf-8")
         paths[name] = p
     bp_path = OUT / ("blueprint_sidecar.json" if sidecar else "blueprint.json")
     if not bp_path.exists():
