@@ -170,6 +170,7 @@ def run_arm(spec: dict[str, Any]) -> dict[str, Any]:
                 from reference_impl.apply import sidecar_scores
 
                 kw["element_scores"] = sidecar_scores(bp, Path(spec["blueprint"]).parent, gran)
+                kw["consume_scores"] = True
         elif kind == "random":
             kw.update(budget=k, granularity=gran, random_seed=1000 + seed)
         elif kind == "last":

@@ -485,7 +485,7 @@ def sidecar_scores(bp: Blueprint, blueprint_dir: str | Path, granularity: str = 
     """
     import hashlib
 
-    from safetensors.torch import load as load_safetensors
+    from safetensors.torch import load_file
 
     wanted = ("element",) if granularity == "element" else ("row", "element")
     entries = [s for s in (bp.sidecars or []) if s.granularity in wanted and s.format == "safetensors"]
@@ -503,15 +503,18 @@ def sidecar_scores(bp: Blueprint, blueprint_dir: str | Path, granularity: str = 
     if folder not in target.parents:
         raise apply_error("unsafe-path", f"sidecar {rel!r} resolves outside {folder}", "/sidecars",
                           fallback="unsafe-path")
+    h = hashlib.sha256()
     try:
-        data = target.read_bytes()
+        with target.open("rb") as fh:  # streamed: the file's bytes are never all in memory
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                h.update(chunk)
     except OSError as exc:
         raise apply_error("io-error", f"cannot read sidecar {target}: {exc.strerror or exc}", "/sidecars",
                           fallback="io-error") from None
-    if "sha256:" + hashlib.sha256(data).hexdigest() != entry.digest:
+    if "sha256:" + h.hexdigest() != entry.digest:
         raise apply_error("bad-container", f"sidecar {rel} does not match its digest", "/sidecars",
                           fallback="bad-container")
-    return dict(load_safetensors(data))
+    return dict(load_file(str(target)))
 
 
 def apply_blueprint(
@@ -531,6 +534,7 @@ def apply_blueprint(
     modules: Sequence[str] | None = None,
     random_seed: int | None = None,
     train_unbound: bool = True,
+    consume_scores: bool = False,
 ) -> BlueprintHandle:
     """Make only what `blueprint` recommends trainable on `model`; return the handle.
 
@@ -544,7 +548,8 @@ def apply_blueprint(
     element_scores: per-tensor element scores (e.g. a blueprint's element sidecar) used instead of
     local gradients to choose rows/elements. modules: train exactly these blueprint modules
     (control arms such as "last layers only"). random_seed: replace every score by a seeded
-    uniform draw (the random-selection control at the same budget).
+    uniform draw (the random-selection control at the same budget). consume_scores: the float32
+    `element_scores` may be overwritten in place (saves a model-sized copy, e.g. for sidecar_scores).
     """
     if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not (0 < float(budget) <= 1):
         raise apply_error("out-of-range", f"budget must lie in (0, 1], got {budget!r}", "/budget")
@@ -634,7 +639,7 @@ def apply_blueprint(
                 "to choose which entries to train",
                 "/local_batches", fallback="missing-field",
             )
-        own = rng is not None or (element_scores is None and bool(local_elements))
+        own = rng is not None or consume_scores or (element_scores is None and bool(local_elements))
         chosen_units, whole = _select_units(bound, owners, gprime, scores, granularity, cap, inplace=own)
         del scores
         local_elements.clear()

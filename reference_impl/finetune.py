@@ -234,6 +234,7 @@ def run_finetune(
     )
     handle = apply_blueprint(
         model, bp, budget=budget, domains=domains, granularity=granularity, element_scores=scores,
+        consume_scores=scores is not None,
         local_batches=[_to(b, dev) for b in train_batches[:LOCAL_BATCHES]], blend=blend, force=force,
         model_path=mp if mp.is_dir() or mp.suffix == ".safetensors" else None,
     )
