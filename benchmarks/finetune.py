@@ -176,6 +176,7 @@ def run_arm(spec: dict[str, Any]) -> dict[str, Any]:
         elif kind == "last":
             kw.update(budget=k, modules=_last_layers(bp, k))
         handle = apply_blueprint(model, bp, **kw)
+        del kw  # the scores must not stay alive through training
         params = handle.parameters()
     t_apply = time.perf_counter() - t_apply
     res = train(model, params, train_b, eval_b, handle=handle, max_steps=int(spec["steps"]), lr=float(spec["lr"]),
