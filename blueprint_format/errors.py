@@ -105,6 +105,7 @@ ERROR_CODES: dict[str, ErrorCode] = _table(
     ("structure-digest-mismatch", "binding", "The blueprint was made for a model with other tensors."),
     ("module-not-in-model", "binding", "A module name matches no tensor of the model."),
     ("unreadable-model", "binding", "The model's headers could not be read."),
+    ("model-module-not-in-blueprint", "binding", "The model has trainable modules that the blueprint does not describe."),
     # Warnings.
     ("unknown-member", "version", "A newer minor version's member was ignored (warning)."),
     # Containers (converters).
@@ -120,6 +121,7 @@ ERROR_CODES: dict[str, ErrorCode] = _table(
     ("no-trainable-parameters", "compute", "The model has no trainable parameters that its weight files hold."),
     ("unsupported-model", "compute", "The model or its wrapping (e.g. FSDP sharding) is not supported."),
     ("compute-failed", "compute", "The model's forward or backward pass failed on the given data."),
+    ("unsupported-module", "compute", "A selected module's type does not support the requested granularity."),
     # Input/output (exit status 2).
     ("io-error", "io", "A file could not be read or written."),
 )

@@ -5,29 +5,79 @@ Public API:
 * `compute_blueprint(model, domains, loss_fn=None, ...) -> Blueprint` (compute.py);
 * `CalibrationDomain`, `data_fingerprint`;
 * `fit_power_law`, `mass_shares`, `convert_exponent` (heavy_tail.py);
-* `Rule`, `CostModel`, `allocate` (allocation.py).
+* `Rule`, `CostModel`, `allocate` (allocation.py);
+* `apply_blueprint`, `BlueprintHandle`, `load_update`, ... (apply.py): fine-tune only what a
+  blueprint selects, with values-only sparse updates;
+* `Meter`, `StoppingRule`, `FlopCounter` (meter.py): capability per resource;
+* `lora_config`, `shira_config` (peft_export.py);
+* `MeterCallback`, `blueprint_trainer` (trainer_callback.py; imported on first use, since they
+  need transformers' Trainer).
 
 Importing this package imports torch; the `blueprint` CLI reaches it only through
 `reference_impl.cli`, lazily.
 """
 
+from typing import Any
+
 from reference_impl.allocation import Allocation, CostModel, Rule, allocate
+from reference_impl.apply import (
+    ApplyError,
+    BlueprintHandle,
+    ModuleSelection,
+    apply_blueprint,
+    load_update,
+    published_scores,
+    sidecar_scores,
+)
 from reference_impl.compute import CalibrationDomain, compute_blueprint, data_fingerprint
 from reference_impl.errors import ComputeError, ComputeInputError
 from reference_impl.heavy_tail import PowerLawFit, convert_exponent, fit_power_law, mass_shares
+from reference_impl.meter import FlopCounter, Meter, MeterPoint, StoppingRule
+from reference_impl.peft_export import LoraExport, lora_config, shira_config
+
+_LAZY = {
+    "MeterCallback": "reference_impl.trainer_callback",
+    "blueprint_trainer": "reference_impl.trainer_callback",
+}
+
+
+def __getattr__(name: str) -> Any:
+    # Trainer integration imports transformers' Trainer (and accelerate): load it on first use only.
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'reference_impl' has no attribute {name!r}")
+
 
 __all__ = [
     "Allocation",
+    "ApplyError",
+    "BlueprintHandle",
     "CalibrationDomain",
     "ComputeError",
     "ComputeInputError",
     "CostModel",
+    "FlopCounter",
+    "LoraExport",
+    "Meter",
+    "MeterCallback",
+    "MeterPoint",
+    "ModuleSelection",
     "PowerLawFit",
     "Rule",
+    "StoppingRule",
     "allocate",
+    "apply_blueprint",
+    "blueprint_trainer",
     "compute_blueprint",
     "convert_exponent",
     "data_fingerprint",
     "fit_power_law",
+    "load_update",
+    "lora_config",
     "mass_shares",
+    "published_scores",
+    "shira_config",
+    "sidecar_scores",
 ]
