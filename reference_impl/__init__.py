@@ -10,6 +10,8 @@ Public API:
   blueprint selects, with values-only sparse updates;
 * `Meter`, `StoppingRule`, `FlopCounter` (meter.py): capability per resource;
 * `lora_config`, `shira_config` (peft_export.py);
+* `per_example_grad_norms` (ghost_norms.py) and `score_batches`, `select_indices`,
+  `selection_summary`, ... (data_selection.py): data selection by per-example gradient norms;
 * `MeterCallback`, `blueprint_trainer` (trainer_callback.py; imported on first use, since they
   need transformers' Trainer).
 
@@ -30,7 +32,28 @@ from reference_impl.apply import (
     sidecar_scores,
 )
 from reference_impl.compute import CalibrationDomain, compute_blueprint, data_fingerprint
+from reference_impl.data_selection import (
+    METHOD,
+    ScoreResult,
+    blueprint_selected_modules,
+    data_digest,
+    modules_digest,
+    read_scores,
+    score_batches,
+    select_indices,
+    selected_count,
+    selection_summary,
+    write_scores,
+)
 from reference_impl.errors import ComputeError, ComputeInputError
+from reference_impl.ghost_norms import (
+    GhostNormResult,
+    causal_lm_per_example_loss,
+    default_per_example_loss,
+    per_example_grad_norms,
+    per_example_grad_norms_loop,
+    sequence_classification_per_example_loss,
+)
 from reference_impl.heavy_tail import PowerLawFit, convert_exponent, fit_power_law, mass_shares
 from reference_impl.meter import FlopCounter, Meter, MeterPoint, StoppingRule
 from reference_impl.peft_export import LoraExport, lora_config, shira_config
@@ -51,6 +74,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "METHOD",
     "Allocation",
     "ApplyError",
     "BlueprintHandle",
@@ -59,6 +83,7 @@ __all__ = [
     "ComputeInputError",
     "CostModel",
     "FlopCounter",
+    "GhostNormResult",
     "LoraExport",
     "Meter",
     "MeterCallback",
@@ -66,18 +91,33 @@ __all__ = [
     "ModuleSelection",
     "PowerLawFit",
     "Rule",
+    "ScoreResult",
     "StoppingRule",
     "allocate",
     "apply_blueprint",
+    "blueprint_selected_modules",
     "blueprint_trainer",
+    "causal_lm_per_example_loss",
     "compute_blueprint",
     "convert_exponent",
+    "data_digest",
     "data_fingerprint",
+    "default_per_example_loss",
     "fit_power_law",
     "load_update",
     "lora_config",
     "mass_shares",
+    "modules_digest",
+    "per_example_grad_norms",
+    "per_example_grad_norms_loop",
     "published_scores",
+    "read_scores",
+    "score_batches",
+    "select_indices",
+    "selected_count",
+    "selection_summary",
+    "sequence_classification_per_example_loss",
     "shira_config",
     "sidecar_scores",
+    "write_scores",
 ]
