@@ -139,6 +139,26 @@ def _task_for(config: Any, requested: str) -> str:
     )
 
 
+def model_folder_tensors(model_path: Path) -> list[Any]:
+    """The tensor inventory of a local model folder, from its safetensors headers only.
+
+    Refuses a path that is not a folder (io-error) and a folder without readable safetensors
+    weights (unreadable-model, with a hint when it holds pickle checkpoints instead).
+    """
+    from blueprint_format.binding import model_tensors
+    from reference_impl.errors import input_error
+
+    if not model_path.is_dir():
+        raise input_error("io-error", f"{model_path}: not a model folder")
+    try:
+        return model_tensors(model_path)
+    except Exception as exc:
+        code = getattr(exc, "code", "unreadable-model")
+        has_pickle = any(model_path.glob("*.bin")) or any(model_path.glob("*.pt"))
+        hint = " (pickle checkpoints are refused: convert the weights to safetensors)" if has_pickle else ""
+        raise input_error(code if code == "header-too-large" else "unreadable-model", f"{exc}{hint}") from None
+
+
 def _load_model(path: Path, task: str, dtype: str) -> tuple[Any, Any, Any]:
     """(model, tokenizer, config) from a local folder, safetensors only (no pickle)."""
     import torch
@@ -215,17 +235,7 @@ def cmd_compute(args: argparse.Namespace) -> int:
     weights = _weights(args, list(domains))
 
     model_path = Path(args.model)
-    if not model_path.is_dir():
-        raise input_error("io-error", f"{model_path}: not a model folder")
-    from blueprint_format.binding import model_tensors
-
-    try:
-        tensors = model_tensors(model_path)
-    except Exception as exc:
-        code = getattr(exc, "code", "unreadable-model")
-        has_pickle = any(model_path.glob("*.bin")) or any(model_path.glob("*.pt"))
-        hint = " (pickle checkpoints are refused: convert the weights to safetensors)" if has_pickle else ""
-        raise input_error(code if code == "header-too-large" else "unreadable-model", f"{exc}{hint}") from None
+    tensors = model_folder_tensors(model_path)
 
     import torch
 

@@ -93,7 +93,7 @@ def _max_length(model: Any, tokenizer: Any, seq_len: int) -> int:
 
 def cmd_select_data(args: argparse.Namespace) -> int:
     """Handler of `blueprint select-data`."""
-    from blueprint_format.binding import model_tensors, structure_digest
+    from blueprint_format.binding import structure_digest
     from reference_impl.data import read_examples
     from reference_impl.data_selection import (
         METHOD,
@@ -124,13 +124,10 @@ def cmd_select_data(args: argparse.Namespace) -> int:
     if len(lines) != len(examples):  # a bug, not input: the two readers must agree
         raise compute_error("inconsistent-statistics", "example count mismatch between readers")
 
+    from reference_impl.cli import model_folder_tensors
+
     model_path = Path(args.model)
-    if not model_path.is_dir():
-        raise input_error("io-error", f"{model_path}: not a model folder")
-    try:
-        tensors = model_tensors(model_path)
-    except Exception as exc:
-        raise input_error("unreadable-model", f"{model_path}: {exc}") from None
+    tensors = model_folder_tensors(model_path)
     digest = structure_digest(tensors)
 
     bp = None
