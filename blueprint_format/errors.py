@@ -6,7 +6,7 @@ test, and the validator, the CLI and the converters only ever report codes liste
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from enum import Enum
 from typing import Any
 
@@ -202,13 +202,3 @@ class BlueprintIOError(BlueprintError):
 def make_error(code: str, message: str, path: str = "", **kw: Any) -> Issue:
     """Shorthand for an error-severity Issue."""
     return Issue(code=code, path=path, message=message, **kw)
-
-
-@dataclass
-class IssueList:
-    """Accumulates issues while a check runs."""
-
-    items: list[Issue] = field(default_factory=list)
-
-    def add(self, code: str, path: str, message: str, severity: Severity = Severity.ERROR) -> None:
-        self.items.append(Issue(code=code, path=path, message=message, severity=severity))
