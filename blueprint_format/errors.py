@@ -23,7 +23,7 @@ class ErrorCode:
     """One row of the error-code table."""
 
     code: str
-    layer: str  # parse, limit, version, schema, semantic, binding, container, compute or io
+    layer: str  # parse, limit, version, schema, semantic, binding, container, compute, io or usage
     summary: str
 
 
@@ -122,8 +122,10 @@ ERROR_CODES: dict[str, ErrorCode] = _table(
     ("unsupported-model", "compute", "The model or its wrapping (e.g. FSDP sharding) is not supported."),
     ("compute-failed", "compute", "The model's forward or backward pass failed on the given data."),
     ("unsupported-module", "compute", "A selected module's type does not support the requested granularity."),
-    # Input/output (exit status 2).
+    # Input/output and usage (exit status 2).
     ("io-error", "io", "A file could not be read or written."),
+    ("not-a-regular-file", "io", "A path names a FIFO, device, socket, folder or symlink where a regular file is needed."),
+    ("usage-error", "usage", "A command-line flag or argument is missing, unknown or malformed."),
 )
 
 
@@ -202,3 +204,11 @@ class BlueprintIOError(BlueprintError):
 def make_error(code: str, message: str, path: str = "", **kw: Any) -> Issue:
     """Shorthand for an error-severity Issue."""
     return Issue(code=code, path=path, message=message, **kw)
+
+class UsageError(BlueprintIOError):
+    """A command-line flag or argument is missing, unknown or malformed (exit status 2)."""
+
+
+def usage_error(message: str, path: str = "") -> UsageError:
+    """A `usage-error` for a flag mistake; `path` names the flag (e.g. "--batch-size")."""
+    return UsageError(make_error("usage-error", message, path))
