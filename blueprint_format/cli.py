@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -151,12 +152,22 @@ def cmd_codes(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _flag_in(message: str) -> str:
+    """The flag an argparse error message is about (its long spelling), or "" when none."""
+    match = re.match(r"argument ([^:\s]+)", message) or re.search(r"required: ([^,\s]+)", message)
+    if match:
+        return match.group(1).split("/")[-1]
+    flags = re.findall(r"(?<![\w/-])(--?[A-Za-z][\w-]*(?:/--?[\w-]+)*)", message)
+    return flags[0].split("/")[-1] if flags else ""
+
+
 class _Parser(argparse.ArgumentParser):
-    """ArgumentParser whose usage errors end with a hint to --help (exit 2, as argparse does)."""
+    """ArgumentParser whose errors, in every command (core and plugin), follow the project's
+    convention for flag mistakes: one line, code `usage-error` located at the flag, exit 2."""
 
     def error(self, message: str) -> Any:
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\nRun `{self.prog} --help` for details.\n")
+        issue = make_error("usage-error", f"{message} (see `{self.prog} --help`)", _flag_in(message))
+        self.exit(EXIT_USAGE, f"error: {issue}\n")
 
 
 def _missing_plugin(args: argparse.Namespace) -> int:

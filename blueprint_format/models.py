@@ -46,7 +46,9 @@ Statistic = Annotated[float, Field(ge=0, le=1e300)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
 OpenFraction = Annotated[float, Field(gt=0, le=1)]
 Digest = Annotated[str, Field(min_length=71, max_length=71, pattern=r"^sha256:[0-9a-f]{64}$")]
-Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+#: Domain names (and other short names): the one pattern every reader and writer checks.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+Name = Annotated[str, Field(min_length=1, max_length=64, pattern=NAME_PATTERN)]
 ModuleName = Annotated[
     str, Field(min_length=1, max_length=512, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.:/-]{0,511}$")
 ]
@@ -67,6 +69,11 @@ Text1024 = Annotated[str, Field(min_length=0, max_length=1024)]
 NonEmpty1024 = Annotated[str, Field(min_length=1, max_length=1024)]
 Text4096 = Annotated[str, Field(min_length=0, max_length=4096)]
 StatisticName = Literal["grad_norm_mean", "grad_norm_median", "grad_norm_sq_mean", "mean_grad_norm"]
+# Choices used by producers and CLIs too: derive them with typing.get_args, never restate them.
+Granularity = Literal["module", "row", "element"]
+Precision = Literal["fp32", "fp16", "bf16", "fp64", "bf16-autocast", "fp16-autocast"]
+Direction = Literal["highest", "lowest"]
+SidecarGranularity = Literal["row", "element"]
 
 
 class _Strict(BaseModel):
@@ -118,7 +125,7 @@ class Method(_Strict):
     loss: NonEmpty128
     batch_size: PositiveCount | None = None
     seq_len: PositiveCount | None = None
-    precision: Literal["fp32", "fp16", "bf16", "fp64", "bf16-autocast", "fp16-autocast"] | None = None
+    precision: Precision | None = None
     seed: Count | None = None
     device_kind: NonEmpty64 | None = None
     world_size: PositiveCount | None = None
@@ -262,7 +269,7 @@ class Allocation(_Strict):
 
     rule: Rule
     statistic: StatisticName
-    granularity: Literal["module", "row", "element"]
+    granularity: Granularity
     gain_model: NonEmpty128 | None = None
     cost_model: CostModel
     domain_weights: Annotated[dict[Name, Fraction], Field(min_length=1, max_length=256)] | None = None
@@ -280,7 +287,7 @@ class DataSelection(_Strict):
 
     method: NonEmpty128
     domain: Name | None = None
-    direction: Literal["highest", "lowest"]
+    direction: Direction
     fraction: OpenFraction
     drop_top_fraction: Fraction | None = None
     examples_total: PositiveCount
@@ -294,7 +301,7 @@ class Sidecar(_Strict):
     path: NonEmpty1024
     digest: Digest
     format: Literal["safetensors"]
-    granularity: Literal["row", "element"]
+    granularity: SidecarGranularity
     statistic: NonEmpty128 | None = None
 
 
