@@ -114,6 +114,11 @@ ERROR_CODES: dict[str, ErrorCode] = _table(
     ("bad-container", "container", "The container file is malformed."),
     ("unsupported-container", "container", "No converter handles this target."),
     ("unsafe-checkpoint", "container", "A checkpoint needs arbitrary unpickling; it is refused."),
+    (
+        "untrusted-code",
+        "container",
+        "A model folder names its own Python code (auto_map); it is refused unless explicitly trusted.",
+    ),
     ("write-failed", "container", "The target could not be written; the original is unchanged."),
     # Computation (the reference implementation and other producers).
     ("non-finite-gradient", "compute", "A calibration batch produced NaN or infinite gradients; nothing was written."),

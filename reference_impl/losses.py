@@ -25,16 +25,21 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return inner if isinstance(inner, nn.Module) and type(model).__name__ == "DistributedDataParallel" else model
 
 
-def model_task(model: nn.Module) -> str:
-    """"causal-lm", "masked-lm", "sequence-classification" or "other", from the model's class."""
-    name = type(_unwrap(model)).__name__
-    if name.endswith("ForCausalLM") or name.endswith("LMHeadModel"):
+def task_of_architecture(class_name: str) -> str:
+    """"causal-lm", "masked-lm", "sequence-classification" or "other", from a model class name
+    (a loaded model's class, or an entry of config.json's `architectures`)."""
+    if class_name.endswith("ForCausalLM") or class_name.endswith("LMHeadModel"):
         return "causal-lm"
-    if name.endswith("ForMaskedLM"):
+    if class_name.endswith("ForMaskedLM"):
         return "masked-lm"
-    if name.endswith("ForSequenceClassification"):
+    if class_name.endswith("ForSequenceClassification"):
         return "sequence-classification"
     return "other"
+
+
+def model_task(model: nn.Module) -> str:
+    """"causal-lm", "masked-lm", "sequence-classification" or "other", from the model's class."""
+    return task_of_architecture(type(_unwrap(model)).__name__)
 
 
 def _loss_from_output(out: Any) -> torch.Tensor:
