@@ -126,6 +126,7 @@ ERROR_CODES: dict[str, ErrorCode] = _table(
     ("no-trainable-parameters", "compute", "The model has no trainable parameters that its weight files hold."),
     ("unsupported-model", "compute", "The model or its wrapping (e.g. FSDP sharding) is not supported."),
     ("compute-failed", "compute", "The model's forward or backward pass failed on the given data."),
+    ("empty-domain", "compute", "A calibration domain has no batches."),
     ("unsupported-module", "compute", "A selected module's type does not support the requested granularity."),
     # Input/output and usage (exit status 2).
     ("io-error", "io", "A file could not be read or written."),

@@ -2,7 +2,8 @@
 
 Public API:
 
-* `compute_blueprint(model, domains, loss_fn=None, ...) -> Blueprint` (compute.py);
+* `compute_blueprint(model, domains, loss_fn=None, config=None) -> Blueprint` with its settings
+  in `ComputeConfig` (compute.py);
 * `CalibrationDomain`, `data_fingerprint`;
 * `fit_power_law`, `mass_shares`, `convert_exponent` (heavy_tail.py);
 * `Rule`, `CostModel`, `allocate` (allocation.py);
@@ -31,12 +32,12 @@ from reference_impl.apply import (
     published_scores,
     sidecar_scores,
 )
-from reference_impl.compute import CalibrationDomain, compute_blueprint, data_fingerprint
+from reference_impl.compute import CalibrationDomain, ComputeConfig, compute_blueprint
 from reference_impl.data_selection import (
     METHOD,
     ScoreResult,
     blueprint_selected_modules,
-    data_digest,
+    data_fingerprint,
     modules_digest,
     read_scores,
     score_batches,
@@ -79,6 +80,7 @@ __all__ = [
     "ApplyError",
     "BlueprintHandle",
     "CalibrationDomain",
+    "ComputeConfig",
     "ComputeError",
     "ComputeInputError",
     "CostModel",
@@ -100,7 +102,6 @@ __all__ = [
     "causal_lm_per_example_loss",
     "compute_blueprint",
     "convert_exponent",
-    "data_digest",
     "data_fingerprint",
     "default_per_example_loss",
     "fit_power_law",

@@ -83,15 +83,16 @@ def load_batches(folder: Path) -> dict[str, list[dict[str, torch.Tensor]]]:
 def compute(folder: Path) -> Blueprint:
     """The reference implementation's blueprint for the vector in `folder`."""
     from reference_impl.allocation import Rule
-    from reference_impl.compute import compute_blueprint
+    from reference_impl.compute import ComputeConfig, compute_blueprint
 
     doc = json.loads((folder / "batches.json").read_text(encoding="utf-8"))
-    return compute_blueprint(
-        load_model(folder), load_batches(folder), mlp_loss, model_path=folder / "model.safetensors",
-        model_name="compliance-mlp", revision="v1", loss_name="cross-entropy-mean", domain_weights=doc["weights"],
+    config = ComputeConfig(
+        model_path=folder / "model.safetensors", model_name="compliance-mlp", revision="v1",
+        loss_name="cross-entropy-mean", domain_weights=doc["weights"],
         rule=Rule(RULE["name"], dict(RULE["parameters"])),  # type: ignore[arg-type]
         granularity="module", device="cpu", seed=0, created=CREATED,
     )
+    return compute_blueprint(load_model(folder), load_batches(folder), mlp_loss, config)
 
 
 def expected_from(bp: Blueprint) -> dict[str, Any]:

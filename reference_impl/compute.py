@@ -4,51 +4,74 @@ Definitions (SPEC.md, "Statistics"). For module m and domain d with batches b = 
 
 * g_{m,b}: gradient of the batch-mean loss of batch b with respect to m's own parameters;
 * grad_norm_mean = mean_b ||g_{m,b}||, grad_norm_median = median_b ||g_{m,b}||,
-  grad_norm_sq_mean = mean_b ||g_{m,b}||^2, mean_grad_norm = ||mean_b g_{m,b}||;
+  grad_norm_sq_mean = mean_b ||g_{m,b}||^2, mean_grad_norm = ||mean_b g_{m,b}||
+  (the registry in statistics.py);
 * rank: 1 for the largest grad_norm_mean within the domain;
 * combined score = sum_d w_d * s_{m,d} / sum_{m'} s_{m',d} with s the allocation statistic,
   combined rank 1 for the largest score.
 
-The model runs in eval mode (dropout off, so results are deterministic for a fixed seed on CPU);
-torch's generator is reseeded before every batch from (seed, domain index, batch index).
+The settings live in one frozen `ComputeConfig`, validated once; the model, the domains and the
+loss are the call's arguments. The model runs in eval mode (dropout off, so results are
+deterministic for a fixed seed on CPU); torch's generator is reseeded before every batch from
+(seed, domain index, batch index). The batches run here; the document is built in assemble.py.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
-import math
 import re
 import sys
+import typing
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
+from pydantic import TypeAdapter, ValidationError
 from torch import nn
 
-from blueprint_format._version import SPEC_VERSION, __version__
-from blueprint_format.models import Blueprint
-from reference_impl import heavy_tail
-from reference_impl.allocation import CostModel, Rule, allocate
+from blueprint_format.models import (
+    NAME_PATTERN,
+    Blueprint,
+    Digest,
+    Granularity,
+    NonEmpty128,
+    NonEmpty256,
+    Precision,
+    SidecarGranularity,
+    Text4096,
+    Timestamp,
+)
+from reference_impl.allocation import CostModel, Rule
+from reference_impl.assemble import Computation, DomainResult, assemble
 from reference_impl.collector import DomainStats, GradientCollector, NonFiniteGradient
+from reference_impl.config import ConfigError, choice, config_error, normalised_weights, positive_int
+from reference_impl.data_selection import data_fingerprint
 from reference_impl.errors import compute_error, input_error
 from reference_impl.losses import LossFn, default_loss
 from reference_impl.model_binding import ModuleLayout, module_layout
+from reference_impl.statistics import STATISTICS
 
-GENERATOR_NAME = "gradient-blueprints"
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+__all__ = [
+    "CalibrationDomain",
+    "ComputeConfig",
+    "batch_examples",
+    "batch_tokens",
+    "compute_blueprint",
+    "data_fingerprint",
+    "resolve_device",
+    "to_device",
+]
+
+_NAME_RE = re.compile(NAME_PATTERN)
 DEFAULT_RULE = Rule("global-budget", {"budget": 0.2})
-STATISTICS = ("grad_norm_mean", "grad_norm_median", "grad_norm_sq_mean", "mean_grad_norm")
-PRECISIONS = ("fp32", "fp64", "bf16", "fp16", "bf16-autocast", "fp16-autocast")
-#: Extension member where the reference implementation records details outside the spec.
-EXTENSION = "org.gradient-blueprints.reference-impl"
-#: What a score sidecar holds.
-SIDECAR_STATISTIC = "combined-normalised-squared-mean-gradient"
+GRANULARITIES: tuple[str, ...] = typing.get_args(Granularity)
+PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
+SIDECAR_GRANULARITIES: tuple[str, ...] = typing.get_args(SidecarGranularity)
 
 
 @dataclass
@@ -56,7 +79,7 @@ class CalibrationDomain:
     """Batches of one calibration domain plus what the blueprint records about their data.
 
     `texts`, when given, are the examples' texts in order; the data fingerprint is SHA-256 of
-    their UTF-8 bytes joined by LF. `fingerprint` overrides it.
+    their UTF-8 bytes joined by LF (`data_fingerprint`). `fingerprint` overrides it.
     """
 
     batches: Iterable[Any]
@@ -67,9 +90,110 @@ class CalibrationDomain:
     source: str | None = None
 
 
-def data_fingerprint(texts: Iterable[str]) -> str:
-    """`sha256:` + hex SHA-256 of the texts' UTF-8 encoding joined by "\\n"."""
-    return "sha256:" + hashlib.sha256("\n".join(texts).encode("utf-8")).hexdigest()
+def _fits(name: str, value: Any, annotated: Any) -> None:
+    """Refuse a value the blueprint could not hold (the format's own constraints, not restated)."""
+    if value is None:
+        return
+    try:
+        TypeAdapter(annotated).validate_python(value, strict=True)
+    except ValidationError as exc:
+        raise config_error(name, f"{name}: {exc.errors()[0]['msg']} (got {str(value)[:80]!r})") from None
+
+
+@dataclass(frozen=True)
+class ComputeConfig:
+    """How `compute_blueprint` computes and what the blueprint records; validated once.
+
+    Binding and naming: `model_path` (a safetensors file or model folder: the blueprint binds
+    to those weight files' headers; without it, to the model's state_dict), `model_name`,
+    `revision` (default: a digest of the weight files), `loss_name` (default: the loss's name).
+    Allocation: `domain_weights` (name -> weight >= 0, normalised; default: the domains' own
+    weights, else equal), `rule`, `granularity`, `statistic`, `cost_model`.
+    Computation: `device` ("auto": CUDA when available), `precision` (default: the weights'
+    dtype; "bf16-autocast"/"fp16-autocast" run the forward under autocast), `seed`,
+    `min_examples_per_aggregate`, `max_batches` per domain, `shard_batches` (under
+    torch.distributed, each process takes every world_size-th batch), `exact_limit` (total
+    trainable elements up to which element shares and gain curves are exact), `progress` (a bar
+    on stderr). `batch_size` and `seq_len` are only recorded in the blueprint's method.
+    Provenance: `description`, `publisher`, `supersedes`, `created` (default: now).
+    Sidecar: write the combined row- or element-level scores (`sidecar_granularity`) to the
+    safetensors file `sidecar`, referenced from the blueprint as `sidecar_ref` (default: the
+    file's name, i.e. beside the blueprint) with its digest.
+
+    A bad value raises `ConfigError` (code usage-error) located at the field's name.
+    """
+
+    model_path: str | Path | None = None
+    model_name: str | None = None
+    revision: str | None = None
+    loss_name: str | None = None
+    domain_weights: Mapping[str, float] | None = None
+    rule: Rule = DEFAULT_RULE
+    granularity: str = "element"
+    statistic: str = "grad_norm_mean"
+    cost_model: CostModel | None = None
+    device: str | torch.device = "auto"
+    precision: str | None = None
+    seed: int = 0
+    min_examples_per_aggregate: int = 32
+    max_batches: int | None = None
+    batch_size: int | None = None
+    seq_len: int | None = None
+    shard_batches: bool = True
+    exact_limit: int | None = None
+    progress: bool = False
+    description: str | None = None
+    publisher: str | None = None
+    supersedes: str | None = None
+    created: str | None = None
+    sidecar: str | Path | None = None
+    sidecar_granularity: str = "row"
+    sidecar_ref: str | None = None
+
+    def __post_init__(self) -> None:
+        self._check_allocation()
+        self._check_computation()
+        for name, annotated in (
+            ("model_name", NonEmpty256), ("revision", NonEmpty256), ("loss_name", NonEmpty128),
+            ("publisher", NonEmpty256), ("description", Text4096), ("supersedes", Digest), ("created", Timestamp),
+        ):
+            _fits(name, getattr(self, name), annotated)
+        choice("sidecar_granularity", self.sidecar_granularity, SIDECAR_GRANULARITIES)
+        for name in ("model_path", "sidecar"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), (str, Path)):
+                raise config_error(name, f"{name} must be a path, got {type(getattr(self, name)).__name__}")
+
+    def _check_allocation(self) -> None:
+        if self.domain_weights is not None:
+            if not isinstance(self.domain_weights, Mapping):
+                raise config_error("domain_weights", "domain_weights must map domain names to weights")
+            object.__setattr__(self, "domain_weights", normalised_weights("domain_weights", self.domain_weights))
+        if not isinstance(self.rule, Rule):
+            raise config_error("rule", f"rule must be a reference_impl.allocation.Rule, got {type(self.rule).__name__}")
+        choice("granularity", self.granularity, GRANULARITIES)
+        choice("statistic", self.statistic, tuple(STATISTICS))
+        if self.cost_model is not None and not isinstance(self.cost_model, CostModel):
+            raise config_error("cost_model", "cost_model must be a reference_impl.allocation.CostModel")
+
+    def _check_computation(self) -> None:
+        if not isinstance(self.device, torch.device):
+            if not isinstance(self.device, str):
+                raise config_error("device", f"device must be a string or torch.device, got {self.device!r}")
+            if self.device != "auto":
+                try:
+                    torch.device(self.device)
+                except (RuntimeError, ValueError):
+                    raise config_error("device", f"device {self.device!r} is not auto or a torch device") from None
+        if self.precision is not None:
+            choice("precision", self.precision, PRECISIONS)
+        positive_int("seed", self.seed, minimum=0)
+        positive_int("min_examples_per_aggregate", self.min_examples_per_aggregate)
+        for name in ("max_batches", "batch_size", "seq_len"):
+            positive_int(name, getattr(self, name), allow_none=True)
+        positive_int("exact_limit", self.exact_limit, allow_none=True, minimum=0)
+        for name in ("shard_batches", "progress"):
+            if not isinstance(getattr(self, name), bool):
+                raise config_error(name, f"{name} must be True or False, got {getattr(self, name)!r}")
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -89,35 +213,34 @@ def batch_examples(batch: Any) -> int:
         for key in ("input_ids", "anchor"):
             if key in batch:
                 return batch_examples(batch[key])
-        for v in batch.values():
-            n = batch_examples(v)
-            if n:
-                return n
+        values: Iterable[Any] = batch.values()
+    elif isinstance(batch, (tuple, list)):
+        values = batch
+    else:
         return 0
-    if isinstance(batch, (tuple, list)):
-        for v in batch:
-            n = batch_examples(v)
-            if n:
-                return n
+    for v in values:
+        n = batch_examples(v)
+        if n:
+            return n
     return 0
 
 
 def batch_tokens(batch: Any) -> int | None:
     """Real tokens in a batch (sum of every attention mask on the host), or None."""
-    if isinstance(batch, Mapping):
-        total = 0
-        found = False
-        for key, v in batch.items():
-            if key == "attention_mask" and isinstance(v, torch.Tensor) and v.device.type == "cpu":
-                total += int(v.sum())
+    if not isinstance(batch, Mapping):
+        return None
+    total = 0
+    found = False
+    for key, v in batch.items():
+        if key == "attention_mask" and isinstance(v, torch.Tensor) and v.device.type == "cpu":
+            total += int(v.sum())
+            found = True
+        elif isinstance(v, Mapping):
+            sub = batch_tokens(v)
+            if sub is not None:
+                total += sub
                 found = True
-            elif isinstance(v, Mapping):
-                sub = batch_tokens(v)
-                if sub is not None:
-                    total += sub
-                    found = True
-        return total if found else None
-    return None
+    return total if found else None
 
 
 def to_device(batch: Any, device: torch.device) -> Any:
@@ -142,63 +265,6 @@ def _is_fsdp(model: nn.Module) -> bool:
     if "FullyShardedDataParallel" in type(model).__name__:
         return True
     return any(type(p).__name__ == "DTensor" or "DTensor" in type(p.data).__name__ for p in model.parameters())
-
-
-def _weights_revision(model_path: Path) -> str:
-    """A revision string derived from the bytes of the weight files (first 16 hex of SHA-256)."""
-    files = sorted(model_path.glob("*.safetensors")) if model_path.is_dir() else [model_path]
-    h = hashlib.sha256()
-    for f in files:
-        fh = hashlib.sha256()
-        with f.open("rb") as stream:
-            for chunk in iter(lambda: stream.read(1 << 22), b""):
-                fh.update(chunk)
-        h.update(f.name.encode() + b"\0" + fh.digest())
-    return "weights-sha256:" + h.hexdigest()[:16]
-
-
-def _normalise_weights(names: list[str], given: Mapping[str, float] | None, defaults: list[float | None]) -> list[float]:
-    raw: list[float]
-    if given is not None:
-        unknown = set(given) - set(names)
-        if unknown:
-            raise ValueError(f"domain weights name unknown domains: {sorted(unknown)}")
-        raw = [float(given.get(n, 0.0)) for n in names]
-    elif any(w is not None for w in defaults):
-        raw = [float(w) if w is not None else 0.0 for w in defaults]
-    else:
-        raw = [1.0] * len(names)
-    if any(not math.isfinite(w) or w < 0 for w in raw) or sum(raw) <= 0:
-        raise ValueError("domain weights must be finite, non-negative and not all zero")
-    total = sum(raw)
-    weights = [w / total for w in raw]
-    # Make the sum exactly 1 in floating point where a last-weight correction allows it.
-    rest = 1.0 - sum(weights[:-1])
-    if 0.0 <= rest <= 1.0:
-        weights[-1] = rest
-    return weights
-
-
-def _ranks(values: np.ndarray) -> list[int]:
-    """1 for the largest value; ties in module order."""
-    order = sorted(range(len(values)), key=lambda i: (-float(values[i]), i))
-    ranks = [0] * len(values)
-    for r, i in enumerate(order, start=1):
-        ranks[i] = r
-    return ranks
-
-
-def _domain_module_stats(stats: DomainStats, keep: list[int]) -> dict[str, np.ndarray]:
-    """Per-module statistics in float64, made exactly consistent (sq_mean >= mean^2 etc.)."""
-    bn = stats.batch_norms[:, keep]
-    mean = bn.mean(axis=0)
-    median = np.median(bn, axis=0)
-    sq_mean = (bn * bn).mean(axis=0)
-    mgn = stats.mean_grad_norm[keep]
-    # Jensen and the triangle inequality hold exactly; these clamps only absorb rounding.
-    sq_mean = np.maximum(sq_mean, mean * mean)
-    mgn = np.minimum(mgn, mean)
-    return {"grad_norm_mean": mean, "grad_norm_median": median, "grad_norm_sq_mean": sq_mean, "mean_grad_norm": mgn}
 
 
 def _progress(total: int | None, desc: str, enabled: bool) -> Any:
@@ -232,98 +298,101 @@ def _iterate(batches: Iterable[Any], max_batches: int | None) -> Iterator[tuple[
         yield i, b
 
 
+@dataclass
+class _Run:
+    """What the batch loop needs, resolved once from the arguments and the config."""
+
+    config: ComputeConfig
+    model: nn.Module  # as given (possibly wrapped in DDP)
+    inner: nn.Module  # the unwrapped model
+    ddp: bool
+    loss_fn: LossFn
+    loss_name: str
+    device: torch.device
+    precision: str
+    layout: ModuleLayout
+    names: list[str]
+    specs: list[CalibrationDomain]
+    weights: list[float]
+    rank: int = 0
+    world: int = 1
+    on_domain_done: Callable[[str, DomainStats], None] | None = field(default=None, repr=False)
+
+
+def _with_settings(config: ComputeConfig | None, settings: Mapping[str, Any]) -> ComputeConfig:
+    """`config` with `settings` (ComputeConfig field names) applied; unknown names are refused."""
+    known = {f.name for f in dataclasses.fields(ComputeConfig)}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise config_error(unknown[0], f"compute_blueprint got an unknown setting {unknown[0]!r} (see ComputeConfig)")
+    if config is None:
+        return ComputeConfig(**settings)
+    if not isinstance(config, ComputeConfig):
+        raise config_error("config", f"config must be a ComputeConfig, got {type(config).__name__}")
+    return dataclasses.replace(config, **settings) if settings else config
+
+
 def compute_blueprint(
     model: nn.Module,
     domains: Mapping[str, Iterable[Any] | CalibrationDomain],
     loss_fn: LossFn | None = None,
+    config: ComputeConfig | None = None,
     *,
-    model_path: str | Path | None = None,
-    model_name: str | None = None,
-    revision: str | None = None,
     tokenizer: Any | None = None,
-    loss_name: str | None = None,
-    domain_weights: Mapping[str, float] | None = None,
-    rule: Rule = DEFAULT_RULE,
-    granularity: str = "element",
-    statistic: str = "grad_norm_mean",
-    cost_model: CostModel | None = None,
-    device: str | torch.device = "auto",
-    precision: str | None = None,
-    seed: int = 0,
-    min_examples_per_aggregate: int = 32,
-    max_batches: int | None = None,
-    batch_size: int | None = None,
-    seq_len: int | None = None,
-    shard_batches: bool = True,
-    progress: bool = False,
-    description: str | None = None,
-    publisher: str | None = None,
-    supersedes: str | None = None,
-    created: str | None = None,
-    exact_limit: int | None = None,
     on_domain_done: Callable[[str, DomainStats], None] | None = None,
-    sidecar: str | Path | None = None,
-    sidecar_granularity: str = "row",
-    sidecar_ref: str | None = None,
+    **settings: Any,
 ) -> Blueprint:
     """Compute a spec v1 blueprint of `model` on the calibration `domains`.
 
     `domains` maps a domain name to an iterable of batches (or a `CalibrationDomain`). A batch
     is whatever `loss_fn(model, batch)` accepts; without `loss_fn` the model's own loss is used
     (Hugging Face causal LM, masked LM given `tokenizer`, sequence classification, or any model
-    returning `.loss`). `model_path` (a safetensors file or model folder) binds the blueprint to
-    those weight files' headers; without it the blueprint binds to the model's state_dict.
+    returning `.loss`). `config` holds every setting (`ComputeConfig`); `**settings` is a
+    shorthand for `ComputeConfig(**settings)`, or for overriding fields of `config`.
+    `on_domain_done(name, stats)` is called after each domain.
+
     Under torch.distributed each process takes every world_size-th batch (`shard_batches`) and
     the results are combined; every process returns the same blueprint. DDP-wrapped models work
     (a batch is then the union of the processes' batches); FSDP is refused, because its processes
-    hold only shards of flattened gradients (see `reference_impl.collector`). Raises ComputeError /
-    ComputeInputError (BlueprintError subclasses) for refused input.
+    hold only shards of flattened gradients (see `reference_impl.collector`).
 
-    `sidecar`: also write the combined row- or element-level scores (`sidecar_granularity`) of
-    every module to this safetensors file (atomically; the only file this function writes) and
-    reference it from the blueprint by `sidecar_ref` (default: the file's name, i.e. beside the
-    blueprint) and SHA-256 digest.
+    Raises ConfigError (usage-error) for bad settings or arguments, ComputeError /
+    ComputeInputError (BlueprintError subclasses) for refused input or a failed computation.
+    Writes nothing except the sidecar, when asked, after the blueprint validated.
     """
-    if sidecar is not None and sidecar_granularity not in ("row", "element"):
-        raise ValueError("sidecar_granularity must be 'row' or 'element'")
-    if not domains:
-        raise input_error("missing-field", "no calibration domains given")
-    if statistic not in STATISTICS:
-        raise ValueError(f"statistic must be one of {STATISTICS}")
+    cfg = _with_settings(config, settings)
+    run = _prepare(model, domains, loss_fn, cfg, tokenizer)
+    run.on_domain_done = on_domain_done
+    run.model.to(run.device)
+    was_training = run.model.training
+    run.model.eval()
+    collector = GradientCollector(
+        run.layout.modules, run.device, synchronized_grads=run.ddp,
+        **({"exact_limit": cfg.exact_limit} if cfg.exact_limit is not None else {}),
+    )
+    try:
+        results = _run_domains(run, collector)
+    finally:
+        run.model.zero_grad(set_to_none=True)
+        run.model.train(was_training)
+    _check_aggregates(results, cfg.min_examples_per_aggregate)
+    return assemble(Computation(
+        config=cfg, model=run.inner, layout=run.layout, collector=collector, domains=results, device=run.device,
+        precision=run.precision, world_size=run.world, loss_name=run.loss_name,
+    ))
+
+
+def _prepare(
+    model: nn.Module, domains: Mapping[str, Any], loss_fn: LossFn | None, cfg: ComputeConfig, tokenizer: Any
+) -> _Run:
+    """Check the arguments against the config and resolve device, precision, layout and loss."""
+    if not isinstance(domains, Mapping) or not domains:
+        raise config_error("domains", "no calibration domains given")
     if _is_fsdp(model):
         raise compute_error(
             "unsupported-model",
             "FSDP-sharded models are not supported: per-module norms need whole gradients (see collector docs)",
-            fallback="unsupported-container",
         )
-    is_dist = dist.is_available() and dist.is_initialized()
-    rank = dist.get_rank() if is_dist else 0
-    world = dist.get_world_size() if is_dist else 1
-    ddp = type(model).__name__ == "DistributedDataParallel"
-    wrapped = getattr(model, "module", None)
-    inner: nn.Module = wrapped if ddp and isinstance(wrapped, nn.Module) else model
-    dev = resolve_device(device)
-    if precision is None:
-        precision = _model_precision(inner)
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}")
-
-    layout: ModuleLayout = module_layout(inner, model_path=model_path)
-    if not layout.modules:
-        raise compute_error(
-            "no-trainable-parameters",
-            "the model has no trainable parameters that its weight files hold"
-            + (f" (not in the weights: {', '.join(layout.unbound[:5])})" if layout.unbound else ""),
-            fallback="parameter-count-mismatch",
-        )
-    if loss_fn is None:
-        try:
-            loss_fn, default_name = default_loss(model, tokenizer)
-        except ValueError as exc:
-            raise compute_error("missing-field", str(exc), fallback="missing-field") from None
-        loss_name = loss_name or default_name
-    loss_name = loss_name or f"custom:{getattr(loss_fn, '__name__', type(loss_fn).__name__)}"[:128]
-
     names = list(domains)
     for i, n in enumerate(names):
         if not isinstance(n, str) or not _NAME_RE.match(n):
@@ -332,360 +401,165 @@ def compute_blueprint(
                 f"/domains/{i}/name",
             )
     specs = [d if isinstance(d, CalibrationDomain) else CalibrationDomain(batches=d) for d in domains.values()]
-    try:
-        weights = _normalise_weights(names, domain_weights, [s.weight for s in specs])
-    except ValueError as exc:
-        raise input_error("domain-weights-sum", str(exc), "/allocation/domain_weights") from None
-
-    model.to(dev)
-    was_training = model.training
-    model.eval()
-    collector = GradientCollector(
-        layout.modules, dev, synchronized_grads=ddp, **({"exact_limit": exact_limit} if exact_limit is not None else {})
+    ddp = type(model).__name__ == "DistributedDataParallel"
+    wrapped = getattr(model, "module", None)
+    inner: nn.Module = wrapped if ddp and isinstance(wrapped, nn.Module) else model
+    layout = module_layout(inner, model_path=cfg.model_path)
+    if not layout.modules:
+        raise compute_error(
+            "no-trainable-parameters",
+            "the model has no trainable parameters that its weight files hold"
+            + (f" (not in the weights: {', '.join(layout.unbound[:5])})" if layout.unbound else ""),
+        )
+    loss_fn, loss_name = _loss(model, loss_fn, cfg, tokenizer)
+    is_dist = dist.is_available() and dist.is_initialized()
+    return _Run(
+        config=cfg, model=model, inner=inner, ddp=ddp, loss_fn=loss_fn, loss_name=loss_name,
+        device=resolve_device(cfg.device), precision=cfg.precision or _model_precision(inner), layout=layout,
+        names=names, specs=specs, weights=_domain_weights(names, cfg.domain_weights, [s.weight for s in specs]),
+        rank=dist.get_rank() if is_dist else 0, world=dist.get_world_size() if is_dist else 1,
     )
-    results: list[DomainStats] = []
-    counts: list[tuple[int, int, int | None]] = []  # (examples, batches, tokens)
+
+
+def _loss(model: nn.Module, loss_fn: LossFn | None, cfg: ComputeConfig, tokenizer: Any) -> tuple[LossFn, str]:
+    """The loss function and the name the blueprint records for it."""
+    name = cfg.loss_name
+    if loss_fn is None:
+        try:
+            loss_fn, default_name = default_loss(model, tokenizer)
+        except ValueError as exc:
+            raise config_error("loss_fn", str(exc)) from None
+        name = name or default_name
+    return loss_fn, name or f"custom:{getattr(loss_fn, '__name__', type(loss_fn).__name__)}"[:128]
+
+
+def _domain_weights(names: list[str], given: Mapping[str, float] | None, defaults: list[float | None]) -> list[float]:
+    """Normalised weight per domain: `given` (missing names weigh 0), else the domains' own
+    weights, else equal weights."""
+    if given is not None:
+        unknown = sorted(set(given) - set(names))
+        if unknown:
+            raise config_error("domain_weights", f"domain_weights names unknown domains: {unknown}")
+        raw = {n: float(given.get(n, 0.0)) for n in names}
+    elif any(w is not None for w in defaults):
+        raw = {n: float(w) if w is not None else 0.0 for n, w in zip(names, defaults)}
+    else:
+        raw = dict.fromkeys(names, 1.0)
+    try:
+        weights = list(normalised_weights("domain_weights", raw).values())
+    except ConfigError as exc:
+        source = "domain_weights" if given is not None else "CalibrationDomain.weight"
+        raise config_error(source, exc.issues[0].message) from None
+    # Make the sum exactly 1 in floating point where a last-weight correction allows it.
+    rest = 1.0 - sum(weights[:-1])
+    if 0.0 <= rest <= 1.0:
+        weights[-1] = rest
+    return weights
+
+
+def _run_domains(run: _Run, collector: GradientCollector) -> list[DomainResult]:
+    """Every domain's batches through the collector; errors of the device mapped to codes."""
+    results: list[DomainResult] = []
+    current = ""
     try:
         with torch.enable_grad():
-            for d_index, (name, spec) in enumerate(zip(names, specs)):
-                results.append(
-                    _run_domain(
-                        model, collector, loss_fn, name, spec, d_index, weights[d_index], dev, precision, seed,
-                        max_batches, shard_batches, rank, world, ddp, progress, counts,
-                    )
-                )
-                if on_domain_done is not None:
-                    on_domain_done(name, results[-1])
+            for d_index, name in enumerate(run.names):
+                current = name
+                results.append(_run_domain(run, collector, d_index))
+                if run.on_domain_done is not None:
+                    run.on_domain_done(name, results[-1].stats)
     except NonFiniteGradient as exc:
         where = "another process" if exc.batch_index < 0 else f"batch {exc.batch_index}"
         raise compute_error(
             "non-finite-gradient",
-            f"domain {names[len(results)]!r}: {where} produced NaN/inf gradients in "
-            f"{', '.join(exc.modules[:5])}; no blueprint was written",
+            f"domain {current!r}: {where} produced NaN/inf gradients in {', '.join(exc.modules[:5])}; "
+            "no blueprint was written",
             f"/domains/{len(results)}",
-            fallback="non-finite-number",
         ) from None
     except (torch.OutOfMemoryError, MemoryError):
-        raise compute_error(
-            "out-of-memory",
-            f"out of memory on {dev.type} in domain {names[len(results)]!r}; lower --batch-size or --seq-len",
-            fallback="io-error",
-        ) from None
+        raise _out_of_memory(run.device, current, "") from None
     except RuntimeError as exc:
         if "out of memory" not in str(exc) and "can't allocate memory" not in str(exc):
             raise
-        raise compute_error(
-            "out-of-memory",
-            f"out of memory on {dev.type} in domain {names[len(results)]!r} ({str(exc)[:200]}); "
-            "lower --batch-size or --seq-len",
-            fallback="io-error",
-        ) from None
-    finally:
-        model.zero_grad(set_to_none=True)
-        model.train(was_training)
+        raise _out_of_memory(run.device, current, f" ({str(exc)[:200]})") from None
+    return results
 
-    for i, (name, (examples, _, _)) in enumerate(zip(names, counts)):
-        if examples < min_examples_per_aggregate:
-            raise input_error(
-                "aggregate-too-small",
-                f"domain {name!r} has {examples} examples; at least {min_examples_per_aggregate} are required "
-                "(min_examples_per_aggregate)",
-                f"/domains/{i}/examples",
-            )
 
-    return _assemble(
-        inner, layout, collector, names, specs, weights, results, counts,
-        model_path=model_path, model_name=model_name, revision=revision, loss_name=loss_name, rule=rule,
-        granularity=granularity, statistic=statistic, cost_model=cost_model or CostModel(), dev=dev,
-        precision=precision, seed=seed, min_examples=min_examples_per_aggregate, batch_size=batch_size,
-        seq_len=seq_len, world=world, description=description, publisher=publisher, supersedes=supersedes,
-        created=created, sidecar=(Path(sidecar), sidecar_granularity, sidecar_ref) if sidecar is not None else None,
+def _out_of_memory(device: torch.device, domain: str, detail: str) -> Exception:
+    return compute_error(
+        "out-of-memory", f"out of memory on {device.type} in domain {domain!r}{detail}; lower --batch-size or --seq-len"
     )
 
 
-def _write_sidecar(path: Path, tensors: dict[str, torch.Tensor], granularity: str) -> str:
-    """Write the scores as safetensors atomically; return the file's digest."""
-    from safetensors.torch import save
-
-    from blueprint_format.atomic import atomic_write_bytes
-
-    data = save(tensors, metadata={"granularity": granularity, "statistic": SIDECAR_STATISTIC})
-    atomic_write_bytes(path, data)
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def _run_domain(
-    model: nn.Module,
-    collector: GradientCollector,
-    loss_fn: LossFn,
-    name: str,
-    spec: CalibrationDomain,
-    d_index: int,
-    weight: float,
-    dev: torch.device,
-    precision: str,
-    seed: int,
-    max_batches: int | None,
-    shard: bool,
-    rank: int,
-    world: int,
-    ddp: bool,
-    progress: bool,
-    counts: list[tuple[int, int, int | None]],
-) -> DomainStats:
-    batches: Iterable[Any] = spec.batches
+def _domain_source(run: _Run, batches: Iterable[Any]) -> tuple[Iterable[tuple[int, Any]], int | None]:
+    """(index, batch) pairs of one domain and their count when known (for the progress bar)."""
+    max_batches = run.config.max_batches
     total: int | None = len(batches) if hasattr(batches, "__len__") else None  # type: ignore[arg-type]
     if total is not None and max_batches is not None:
         total = min(total, max_batches)
-    if ddp and shard and world > 1:
+    if run.ddp and run.config.shard_batches and run.world > 1:
         # DDP needs the same number of backward passes on every process: drop the ragged end.
         listed = list(_iterate(batches, max_batches))
-        usable = len(listed) - len(listed) % world
-        source: Iterable[tuple[int, Any]] = listed[:usable]
-        total = usable
-    else:
-        source = _iterate(batches, max_batches)
-    examples = 0
+        usable = len(listed) - len(listed) % run.world
+        return listed[:usable], usable
+    return _iterate(batches, max_batches), total
+
+
+def _run_domain(run: _Run, collector: GradientCollector, d_index: int) -> DomainResult:
+    """One domain's batches (this process's share of them) through the collector."""
+    name, spec, cfg = run.names[d_index], run.specs[d_index], run.config
+    source, total = _domain_source(run, spec.batches)
+    shard = cfg.shard_batches and run.world > 1
+    examples, n_local = 0, 0
     tokens: int | None = None
-    n_local = 0
     collector.begin_domain()
-    with _progress(total, name, progress and rank == 0) as bar:
+    with _progress(total, name, cfg.progress and run.rank == 0) as bar:
         for i, batch in source:
             if bar is not None:
                 bar.update(1)
-            if shard and world > 1 and i % world != rank:
+            if shard and i % run.world != run.rank:
                 continue
             examples += batch_examples(batch)
             t = batch_tokens(batch)
             if t is not None:
                 tokens = (tokens or 0) + t
-            torch.manual_seed(_batch_seed(seed, d_index, i))
-            model.zero_grad(set_to_none=True)
-            with _autocast(dev, precision):
-                loss = loss_fn(model, to_device(batch, dev))
-            if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-                raise compute_error("compute-failed", "loss_fn must return a scalar tensor", fallback="wrong-type")
-            loss.reshape(()).backward()  # type: ignore[no-untyped-call]
+            _backward(run, batch, _batch_seed(cfg.seed, d_index, i))
             collector.accumulate(i)
             n_local += 1
-    if n_local == 0 and world == 1:
-        raise input_error("empty-document", f"domain {name!r} has no batches", f"/domains/{d_index}")
-    if world > 1 and dist.is_initialized():
-        t_tensor = torch.tensor([examples, tokens or 0, 1 if tokens is not None else 0, n_local],
-                                dtype=torch.long, device=dev)
-        dist.all_reduce(t_tensor, op=dist.ReduceOp.SUM)
-        examples, tok, has_tok, _ = (int(x) for x in t_tensor.tolist())
-        tokens = tok if has_tok else None
-    stats = collector.end_domain(weight)
-    counts.append((examples, int(stats.batch_norms.shape[0]), tokens))
-    return stats
+    if n_local == 0 and run.world == 1:
+        raise input_error("empty-domain", f"domain {name!r} has no batches", f"/domains/{d_index}")
+    if run.world > 1 and dist.is_initialized():
+        examples, tokens = _sum_counts(examples, tokens, run.device)
+    stats = collector.end_domain(run.weights[d_index])
+    return DomainResult(name, spec, run.weights[d_index], stats, examples, tokens)
 
 
-def _assemble(
-    inner: nn.Module,
-    layout: ModuleLayout,
-    collector: GradientCollector,
-    names: list[str],
-    specs: list[CalibrationDomain],
-    weights: list[float],
-    results: list[DomainStats],
-    counts: list[tuple[int, int, int | None]],
-    *,
-    model_path: str | Path | None,
-    model_name: str | None,
-    revision: str | None,
-    loss_name: str,
-    rule: Rule,
-    granularity: str,
-    statistic: str,
-    cost_model: CostModel,
-    dev: torch.device,
-    precision: str,
-    seed: int,
-    min_examples: int,
-    batch_size: int | None,
-    seq_len: int | None,
-    world: int,
-    description: str | None,
-    publisher: str | None,
-    supersedes: str | None,
-    created: str | None,
-    sidecar: tuple[Path, str, str | None] | None = None,
-) -> Blueprint:
-    reached = np.zeros(len(layout.modules), dtype=bool)
-    for r in results:
-        reached |= r.reached
-    keep = [i for i in range(len(layout.modules)) if reached[i]]
-    if not keep:
-        raise compute_error(
-            "no-trainable-parameters",
-            "the loss reached none of the model's trainable parameters",
-            fallback="parameter-count-mismatch",
-        )
-    unreached = [layout.modules[i].name for i in range(len(layout.modules)) if not reached[i]]
-    mods = [layout.modules[i] for i in keep]
-    per_domain = [_domain_module_stats(r, keep) for r in results]
-    for d, stats in zip(names, per_domain):
-        for key, arr in stats.items():
-            if not np.all(np.isfinite(arr)):
-                raise compute_error(
-                    "non-finite-gradient", f"domain {d!r}: {key} is not finite", fallback="non-finite-number"
-                )
-
-    # Combined score over domains (shares of the allocation statistic, weighted).
-    score = np.zeros(len(mods))
-    for w, stats in zip(weights, per_domain):
-        s = stats[statistic]
-        total = float(s.sum())
-        if total > 0:
-            score += w * s / total
-    combined_rank = _ranks(score)
-    sizes = [m.parameter_count for m in mods]
-    curves = None
-    if granularity != "module":
-        all_curves = collector.gain_curves(granularity)
-        curves = [all_curves[i] for i in keep]
-    alloc = allocate(rule, granularity, score.tolist(), sizes, cost_model, curves)
-    resolved_cost = cost_model.resolved(alloc.total_params)
-
-    domain_ranks = [_ranks(stats["grad_norm_mean"]) for stats in per_domain]
-    modules_json: list[dict[str, Any]] = []
-    for j, m in enumerate(mods):
-        entry: dict[str, Any] = {
-            "name": m.name,
-            "type": m.type[:128],
-            "parameter_count": m.parameter_count,
-            "stats": {
-                d: {
-                    "grad_norm_mean": float(per_domain[k]["grad_norm_mean"][j]),
-                    "grad_norm_median": float(per_domain[k]["grad_norm_median"][j]),
-                    "grad_norm_sq_mean": float(per_domain[k]["grad_norm_sq_mean"][j]),
-                    "mean_grad_norm": float(per_domain[k]["mean_grad_norm"][j]),
-                    "rank": domain_ranks[k][j],
-                }
-                for k, d in enumerate(names)
-            },
-            "combined": {"score": float(score[j]), "rank": combined_rank[j]},
-        }
-        k_star = alloc.k_star[j]
-        if k_star is not None:
-            entry["k_star"] = float(k_star)
-        modules_json.append(entry)
-
-    domains_json: list[dict[str, Any]] = []
-    for k, (d, spec, (examples, batches, tokens), r) in enumerate(zip(names, specs, counts, results)):
-        values = per_domain[k][statistic]
-        fit = heavy_tail.fit_power_law(values)
-        ht: dict[str, Any] = {
-            "statistic": statistic,
-            "method": heavy_tail.FIT_METHOD,
-            "exponent_convention": heavy_tail.EXPONENT_CONVENTION,
-            "status": fit.status,
-            "sample_count": fit.sample_count,
-            "mass_shares": heavy_tail.mass_shares(values),
-        }
-        if fit.status == "ok":
-            ht.update(exponent=fit.exponent, x_min=fit.x_min, ks_distance=fit.ks_distance, tail_count=fit.tail_count)
-        if fit.message:
-            ht["message"] = fit.message[:1024]
-        dom: dict[str, Any] = {"name": d, "weight": weights[k], "examples": examples, "batches": batches}
-        if tokens:
-            dom["tokens"] = tokens
-        fp = spec.fingerprint or (data_fingerprint(spec.texts) if spec.texts is not None else None)
-        if fp:
-            dom["data_fingerprint"] = fp
-        if spec.description:
-            dom["description"] = spec.description[:4096]
-        if spec.source:
-            dom["source"] = spec.source[:1024]
-        dom["heavy_tail"] = ht
-        dom["element_mass_shares"] = r.element_shares
-        domains_json.append(dom)
-
-    config = getattr(inner, "config", None)
-    archs = getattr(config, "architectures", None) or []
-    path = Path(model_path) if model_path is not None else None
-    name = model_name or (path.name if path is not None else getattr(config, "_name_or_path", "") or type(inner).__name__)
-    if revision is None:
-        revision = _weights_revision(path) if path is not None else "unspecified"
-    float_params = sum(t.numel for t in layout.tensors if t.dtype in ("F64", "F32", "F16", "BF16"))
-    model_json: dict[str, Any] = {
-        "name": name[:256] or "model",
-        "revision": revision[:256],
-        "architecture": (archs[0] if archs else type(inner).__name__)[:256],
-        "structure_digest": layout.structure_digest,
-        "tensor_count": len(layout.tensors),
-    }
-    if float_params > 0:
-        model_json["parameter_count"] = float_params
-    method: dict[str, Any] = {
-        "estimator": "batch-gradient-norm",
-        "loss": loss_name[:128],
-        "precision": precision,
-        "seed": int(seed),
-        "device_kind": _device_kind(dev),
-        "world_size": world,
-        "min_examples_per_aggregate": int(min_examples),
-    }
-    if batch_size:
-        method["batch_size"] = int(batch_size)
-    if seq_len:
-        method["seq_len"] = int(seq_len)
-    provenance: dict[str, Any] = {
-        "created": created or datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "generator": {"name": GENERATOR_NAME, "version": __version__},
-    }
-    if publisher:
-        provenance["publisher"] = publisher
-    if supersedes:
-        provenance["supersedes"] = supersedes
-    allocation: dict[str, Any] = {
-        "rule": rule.to_json(),
-        "statistic": statistic,
-        "granularity": granularity,
-        "cost_model": resolved_cost.to_json(),
-        "domain_weights": dict(zip(names, weights)),
-        "trainable_fraction": alloc.trainable_fraction,
-    }
-    if granularity != "module":
-        allocation["gain_model"] = f"top-k squared mean-gradient mass per {granularity}, score-weighted"
-    doc: dict[str, Any] = {
-        "spec_version": SPEC_VERSION,
-        "model": model_json,
-        "provenance": provenance,
-        "method": method,
-        "domains": domains_json,
-        "modules": modules_json,
-        "allocation": allocation,
-        "extensions": {
-            EXTENSION: {
-                "element_statistic": "abs-mean-gradient",
-                "element_shares_exact": all(r.element_shares_exact for r in results),
-                "gain_curves_exact": collector.exact,
-                "expected_gain": alloc.gain,
-                "unreached_modules": unreached[:1000],
-                "unbound_parameters": layout.unbound[:1000],
-            }
-        },
-    }
-    if description:
-        doc["description"] = description[:4096]
-    bp = Blueprint.model_validate(doc)  # validate before writing anything
-    if sidecar is not None:
-        path, sc_granularity, ref = sidecar
-        digest = _write_sidecar(path, collector.score_tensors(sc_granularity, keep), sc_granularity)
-        doc["sidecars"] = [{
-            "path": ref or path.name, "digest": digest, "format": "safetensors", "granularity": sc_granularity,
-            "statistic": SIDECAR_STATISTIC,
-        }]
-        bp = Blueprint.model_validate(doc)
-    return bp
+def _backward(run: _Run, batch: Any, seed: int) -> None:
+    """Forward and backward of one batch (gradients land in the parameters' .grad)."""
+    torch.manual_seed(seed)
+    run.model.zero_grad(set_to_none=True)
+    with _autocast(run.device, run.precision):
+        loss = run.loss_fn(run.model, to_device(batch, run.device))
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        raise compute_error("compute-failed", "loss_fn must return a scalar tensor")
+    loss.reshape(()).backward()  # type: ignore[no-untyped-call]
 
 
-def _device_kind(dev: torch.device) -> str:
-    if dev.type == "cuda":
-        try:
-            return f"cuda:{torch.cuda.get_device_name(dev)}"[:64]
-        except Exception:  # pragma: no cover - name lookup is best effort
-            return "cuda"
-    return dev.type
+def _sum_counts(examples: int, tokens: int | None, device: torch.device) -> tuple[int, int | None]:
+    """Examples and tokens summed over the processes."""
+    t = torch.tensor([examples, tokens or 0, 1 if tokens is not None else 0], dtype=torch.long, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    total, tok, has_tok = (int(x) for x in t.tolist())
+    return total, (tok if has_tok else None)
+
+
+def _check_aggregates(results: list[DomainResult], minimum: int) -> None:
+    """Refuse a domain with fewer examples than min_examples_per_aggregate (SPEC 18.1)."""
+    for i, d in enumerate(results):
+        if d.examples < minimum:
+            raise input_error(
+                "aggregate-too-small",
+                f"domain {d.name!r} has {d.examples} examples; at least {minimum} are required "
+                "(min_examples_per_aggregate)",
+                f"/domains/{i}/examples",
+            )

@@ -25,14 +25,13 @@ Scores file (JSON Lines, one line per input example, in input order):
 self-describing when cut or concatenated: `structure_digest` is the scored model's (SPEC:
 structure digest of its weight files), `modules_digest` is SHA-256 of the considered module names
 (sorted, joined by LF), or "all" when every trainable module counted, and `data_digest` is the
-data fingerprint of the scored examples (SHA-256 of their texts joined by LF, as blueprints
-fingerprint calibration data). A reused file (`read_scores`) is refused when any does not match. This module imports no torch at module level: selecting from a saved scores
+data fingerprint of the scored examples (`data_fingerprint`: SHA-256 of their texts joined by LF,
+as blueprints fingerprint calibration data). A reused file (`read_scores`) is refused when any does not match. This module imports no torch at module level: selecting from a saved scores
 file needs none.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -41,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from blueprint_format.atomic import atomic_write_bytes
+from blueprint_format.jsonio import sha256_digest
 from reference_impl.errors import compute_error, input_error
 
 #: The scoring method recorded in the scores file and in the blueprint summary.
@@ -65,8 +65,7 @@ def modules_digest(names: Iterable[str] | None) -> str:
     """"all", or sha256 of the sorted module names joined by LF."""
     if names is None:
         return ALL_MODULES
-    text = "\n".join(sorted(names))
-    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return sha256_digest("\n".join(sorted(names)).encode("utf-8"))
 
 
 def selected_count(total: int, fraction: float) -> int:
@@ -187,9 +186,11 @@ def selection_summary(
     return out
 
 
-def data_digest(texts: Iterable[str]) -> str:
-    """`sha256:` + hex SHA-256 of the examples' texts joined by LF (the calibration data fingerprint)."""
-    return "sha256:" + hashlib.sha256("\n".join(texts).encode("utf-8")).hexdigest()
+def data_fingerprint(texts: Iterable[str]) -> str:
+    """The data fingerprint of examples (SPEC 6): `sha256:` + hex SHA-256 of their texts' UTF-8
+    bytes joined by LF. Blueprints fingerprint calibration domains with it and scores files the
+    scored pool (their `data_digest`)."""
+    return sha256_digest("\n".join(texts).encode("utf-8"))
 
 
 def scores_bytes(
@@ -306,7 +307,7 @@ def blueprint_selected_modules(bp: Any, model: Any, model_path: str | Path | Non
     missing = [n for n in chosen if n not in by_name]
     if missing:
         raise compute_error(
-            "module-not-in-model", f"blueprint modules not in the model: {missing[:5]}", fallback="io-error"
+            "module-not-in-model", f"blueprint modules not in the model: {missing[:5]}"
         )
     return {n: list(by_name[n]) for n in chosen}
 
@@ -346,7 +347,7 @@ def score_batches(
             s = res.scores.double().cpu()
             if not bool(torch.isfinite(s).all()):
                 raise compute_error(
-                    "non-finite-gradient", f"batch {b}: non-finite per-example gradient norm", fallback="non-finite-number"
+                    "non-finite-gradient", f"batch {b}: non-finite per-example gradient norm"
                 )
             scores.extend(float(v) for v in s)
             names, methods, unsupported = res.modules, res.methods, res.unsupported

@@ -149,9 +149,9 @@ def cmd_select_data(args: argparse.Namespace) -> int:
                 f"{bp.method.min_examples_per_aggregate} (the blueprint's min_examples_per_aggregate)",
             )
 
-    from reference_impl.data_selection import data_digest, modules_digest
+    from reference_impl.data_selection import data_fingerprint, modules_digest
 
-    ddigest = data_digest(e.fingerprint_text for e in examples)
+    ddigest = data_fingerprint(e.fingerprint_text for e in examples)
 
     if args.from_scores:
         wanted_modules = None

@@ -10,6 +10,7 @@ from torch import nn
 
 import blueprint_format as bf
 from reference_impl import ComputeError, ComputeInputError, compute_blueprint
+from reference_impl.config import ConfigError
 from reference_impl.model_binding import module_layout
 from tests.compute.conftest import TinyNet, tiny_batches, tiny_loss
 
@@ -49,8 +50,9 @@ def test_too_few_examples_and_bad_weights(tiny_net: TinyNet) -> None:
     with pytest.raises(ComputeInputError) as info:
         compute_blueprint(tiny_net, {"a": tiny_batches(1, 3)}, tiny_loss)  # 24 examples < 32
     assert info.value.code == "aggregate-too-small" and info.value.exit_status == 2
-    with pytest.raises(ComputeInputError):
+    with pytest.raises(ConfigError) as bad:  # an argument mistake: usage-error located at the setting
         compute_blueprint(tiny_net, {"a": tiny_batches(1, 5)}, tiny_loss, domain_weights={"zzz": 1.0})
+    assert bad.value.code == "usage-error" and bad.value.field == "domain_weights"
 
 
 def test_unreached_modules_are_left_out(tiny_net: TinyNet) -> None:
@@ -125,7 +127,7 @@ def test_score_sidecar_is_written_and_bound_by_digest(tiny_net: TinyNet, tmp_pat
 def test_empty_domain(tiny_net: TinyNet) -> None:
     with pytest.raises(ComputeInputError) as info:
         compute_blueprint(tiny_net, {"a": tiny_batches(1, 5), "b": []}, tiny_loss)
-    assert info.value.code == "empty-document" and "'b'" in str(info.value)
+    assert info.value.code == "empty-domain" and "'b'" in str(info.value)
 
 
 def test_bad_domain_name(tiny_net: TinyNet) -> None:
