@@ -1,22 +1,25 @@
 """Apply a blueprint in fine-tuning: train only what it recommends, with real memory savings.
 
-`apply_blueprint(model, bp, budget=...)`:
+`apply_blueprint(model, bp, ApplyConfig(budget=..., granularity=...))` runs four steps, each a
+function of its own:
 
-1. binds the blueprint to the model (structure digest, module names and sizes; `force=True`
-   overrides a mismatch with a warning);
-2. ranks the blueprint's modules by the combined score of SPEC 7.5 under the user's domain
-   weights, optionally blended with the same statistic measured on a few local batches
-   (G' = a * Gbar + (1 - a) * Gtilde, both as shares summing to 1 so that the scale of the
-   user's loss does not matter; RESEARCH.md section 1, SPEC 7.6);
-3. selects under `budget` (a fraction of the bound modules' parameters):
+1. `bind`: the blueprint must describe this model (structure digest, module names and sizes;
+   `force=True` overrides a mismatch with a warning);
+2. `module_scores`: the blueprint's modules are ranked by the combined score of SPEC 7.5 under the
+   user's domain weights, optionally blended with the same statistic measured on a few local
+   batches (G' = a * Gbar + (1 - a) * Gtilde, both as shares summing to 1 so that the scale of the
+   user's loss does not matter; SPEC 7.6);
+3. `select`: under `budget` (a fraction of the bound modules' parameters):
    * "module": whole modules by decreasing G', first fit (SPEC 9.2 global-budget);
    * "row" / "element": units (rows or single elements) of all modules by decreasing gain per
-     parameter G'_m * (unit's share of module m's squared mean local gradient) / unit size, as
-     many as fit. Modules that are neither Linear, Embedding nor Conv are taken whole or not at
-     all when their parameters are 1-D (LayerNorm, biases: one unit each); a module with a
-     matrix parameter of another type that ends up partly selected is refused.
-4. freezes everything else (requires_grad False) and stores partial updates values-only
-   (sparse_update.SparseDelta), so gradients and optimizer state exist only for selected entries.
+     parameter G'_m * (unit's share of module m's squared mean gradient) / unit size, as many as
+     fit. The unit scores come from local gradients or from the blueprint's sidecar (SPEC 11).
+     Modules that are neither Linear, Embedding nor Conv are taken whole or not at all when their
+     parameters are 1-D (LayerNorm, biases: one unit each); a module the sparse engine cannot
+     train in part is refused;
+4. `attach`: everything else is frozen (requires_grad False); tensors selected whole train as
+   usual; partly selected tensors are trained in place by the sparse engine (sparse_update.py),
+   so gradients and optimizer state exist only for the selected entries.
 
 Parameters that the weight files do not hold (e.g. a freshly initialised classification head)
 cannot be named by a blueprint; they are trained whole when `train_unbound` (default) and are not
@@ -25,12 +28,12 @@ counted against the budget.
 
 from __future__ import annotations
 
-import json
 import math
 import random
+import typing
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,15 +42,24 @@ from torch import nn
 
 from blueprint_format.api import digest as blueprint_digest
 from blueprint_format.binding import TensorInfo, check_binding, model_tensors, structure_digest
-from blueprint_format.errors import ERROR_CODES, BindingError, BlueprintError, Issue, make_error
-from blueprint_format.models import Blueprint
+from blueprint_format.errors import BindingError, BlueprintError, make_error
+from blueprint_format.models import Blueprint, Granularity
+from reference_impl.config import choice, config_error, finite_float, fraction
 from reference_impl.losses import LossFn, default_loss
-from reference_impl.model_binding import BoundModule, dtype_code, module_layout, state_dict_tensors
-from reference_impl.sparse_update import SparseDelta, attach_sparse_delta, merge_sparse_deltas, sparse_deltas
+from reference_impl.model_binding import (
+    BoundModule,
+    ModuleLayout,
+    dtype_code,
+    module_layout,
+    state_dict_tensors,
+)
+from reference_impl.sparse_update import SparseEngine, SparseSelection, attach_sparse, patch_problem
 
-GRANULARITIES = ("module", "row", "element")
-UPDATE_FORMAT = "gradient-blueprints-update/1"
-#: Module classes whose tensors can be updated at row or element granularity (by class name, so
+GRANULARITIES: tuple[str, ...] = typing.get_args(Granularity)
+UPDATE_FORMAT = "gradient-blueprints-update/2"
+#: Earlier update files stored sparse entries as deltas to add; they still load.
+UPDATE_FORMAT_DELTAS = "gradient-blueprints-update/1"
+#: Module classes whose tensors can be selected at row or element granularity (by class name, so
 #: transformers' GPT-2 Conv1D counts without importing transformers).
 PARTIAL_TYPES = ("Linear", "Embedding", "Conv1d", "Conv2d", "Conv3d", "Conv1D", "NonDynamicallyQuantizableLinear")
 
@@ -58,13 +70,58 @@ class ApplyError(BlueprintError):
     exit_status = 1
 
 
-def _issue(code: str, message: str, path: str = "", fallback: str = "out-of-range") -> Issue:
-    return make_error(code if code in ERROR_CODES else fallback, message, path)
+def apply_error(code: str, message: str, path: str = "") -> ApplyError:
+    """An ApplyError with one issue (`code` must be registered in blueprint_format.errors)."""
+    return ApplyError(make_error(code, message, path))
 
 
-def apply_error(code: str, message: str, path: str = "", fallback: str = "out-of-range") -> ApplyError:
-    """An ApplyError with one issue; `fallback` replaces a code the table does not (yet) have."""
-    return ApplyError(_issue(code, message, path, fallback))
+@dataclass(frozen=True)
+class ApplyConfig:
+    """How to apply a blueprint; validated once (ConfigError, a usage-error at the field).
+
+    budget: fraction of the blueprint modules' parameters to train, in (0, 1] (1 = everything,
+    full fine-tuning through the same path). granularity: module, row or element. domains: the
+    user's domain mixture (names declared by the blueprint, weights summing to 1; None: the
+    blueprint's). blend: a in G' = a * published + (1 - a) * local. force: apply even if the
+    blueprint does not bind (warns). modules: train exactly these blueprint modules (control arms
+    such as "last layers only"). random_seed: replace every score by a seeded uniform draw (the
+    random-selection control at the same budget). train_unbound: train parameters the weight
+    files do not hold (a new head). consume_scores: float32 element scores passed in may be
+    overwritten in place (saves a model-sized copy).
+    """
+
+    budget: float = 0.2
+    granularity: str = "module"
+    domains: Mapping[str, float] | None = None
+    blend: float = 0.5
+    force: bool = False
+    modules: tuple[str, ...] | None = None
+    random_seed: int | None = None
+    train_unbound: bool = True
+    consume_scores: bool = False
+
+    def __post_init__(self) -> None:
+        fraction("budget", self.budget)
+        object.__setattr__(self, "budget", float(self.budget))
+        choice("granularity", self.granularity, GRANULARITIES)
+        finite_float("blend", self.blend, minimum=0.0, maximum=1.0)
+        if self.domains is not None:
+            for name, w in self.domains.items():
+                finite_float(f"domains[{name}]", w, minimum=0.0)
+            object.__setattr__(self, "domains", dict(self.domains))
+        if self.modules is not None:
+            if isinstance(self.modules, str) or not all(isinstance(m, str) for m in self.modules):
+                raise config_error("modules", "modules must be a sequence of module names")
+            object.__setattr__(self, "modules", tuple(self.modules))
+        if self.random_seed is not None and (isinstance(self.random_seed, bool) or not isinstance(self.random_seed, int)):
+            raise config_error("random_seed", f"random_seed must be an integer or None, got {self.random_seed!r}")
+        for flag in ("force", "train_unbound", "consume_scores"):
+            if not isinstance(getattr(self, flag), bool):
+                raise config_error(flag, f"{flag} must be True or False")
+
+
+# ----------------------------------------------------------------------------------------------
+# the handle
 
 
 @dataclass
@@ -84,11 +141,11 @@ class ModuleSelection:
 
 
 @dataclass
-class _SparseEntry:
-    param_name: str  # the tensor's state_dict name before the blueprint was applied
-    module: nn.Module
-    attr: str
-    delta: SparseDelta
+class SparseEntry:
+    """One partly selected tensor: its state_dict name (before the blueprint) and its selection."""
+
+    param_name: str
+    selection: SparseSelection
 
 
 @dataclass
@@ -103,15 +160,16 @@ class BlueprintHandle:
     selection: list[ModuleSelection]
     bound_parameters: int
     dense: dict[str, nn.Parameter] = field(default_factory=dict)  # state_dict name -> trained whole
-    sparse: list[_SparseEntry] = field(default_factory=list)
+    sparse: list[SparseEntry] = field(default_factory=list)
     unbound: dict[str, nn.Parameter] = field(default_factory=dict)  # trained whole, outside the budget
+    engine: SparseEngine = field(default_factory=SparseEngine)
     merged: bool = False
 
     # -- training ---------------------------------------------------------------------------
     def named_parameters(self) -> list[tuple[str, nn.Parameter]]:
         """(name, parameter) for every tensor the optimizer must see; sparse ones as `<name>::values`."""
         out = [(n, p) for n, p in self.dense.items()]
-        out += [(f"{e.param_name}::values", e.delta.values) for e in self.sparse]
+        out += [(f"{e.param_name}::values", e.selection.values) for e in self.sparse]
         out += [(n, p) for n, p in self.unbound.items()]
         return out
 
@@ -134,13 +192,16 @@ class BlueprintHandle:
         return self.selected_count / self.bound_parameters if self.bound_parameters else 0.0
 
     def trainable_state_bytes(self, optimizer: torch.optim.Optimizer | None = None) -> dict[str, int]:
-        """Bytes actually allocated for trainable state: parameters, gradients, optimizer state.
-
-        Index tensors of sparse updates count as parameter bytes (they must stay in memory).
-        """
+        """Bytes allocated for trainable state: parameters, gradients, optimizer state, and the
+        sparse selections' index tensors (indices and row pointers: they must stay in memory)."""
         params = self.parameters()
         p_bytes = sum(p.numel() * p.element_size() for p in params)
-        p_bytes += sum(e.delta.indices.numel() * e.delta.indices.element_size() for e in self.sparse)
+        i_bytes = 0
+        for e in self.sparse:
+            s = e.selection
+            i_bytes += s.indices.numel() * s.indices.element_size()
+            if s.row_ptr is not None:
+                i_bytes += s.row_ptr.numel() * s.row_ptr.element_size()
         g_bytes = sum(p.grad.numel() * p.grad.element_size() for p in params if p.grad is not None)
         o_bytes = 0
         if optimizer is not None:
@@ -148,42 +209,55 @@ class BlueprintHandle:
                 for v in optimizer.state.get(p, {}).values():
                     if isinstance(v, torch.Tensor):
                         o_bytes += v.numel() * v.element_size()
-        return {"parameters": p_bytes, "gradients": g_bytes, "optimizer": o_bytes,
-                "total": p_bytes + g_bytes + o_bytes}
+        return {"parameters": p_bytes, "indices": i_bytes, "gradients": g_bytes, "optimizer": o_bytes,
+                "total": p_bytes + i_bytes + g_bytes + o_bytes}
 
     def trainable_modules(self) -> list[nn.Module]:
         """Submodules owning trainable parameters (for the meter's FLOP credit)."""
         ids = {id(p) for p in self.parameters()}
         return [m for m in self.model.modules() if any(id(p) in ids for p in m.parameters(recurse=False))]
 
+    def weight_grad_fraction(self, module: nn.Module) -> float | None:
+        """Share of `module`'s dense weight-gradient products that backward forms for it (None:
+        the module is not trained in part, so it forms all or nothing as usual)."""
+        return self.engine.module_fraction(module)
+
     # -- results ------------------------------------------------------------------------------
+    def sync(self) -> None:
+        """Write the latest sparse values into the weights (done after every optimizer step anyway)."""
+        self.engine.sync()
+
     def merge(self) -> nn.Module:
-        """Fold the sparse updates into the dense weights (removing the parametrisations); returns the model."""
-        for e in self.sparse:
-            if sparse_deltas(e.module):
-                merge_sparse_deltas(e.module)
+        """Remove the sparse machinery; the weights already hold the trained values. Returns the model,
+        a plain one again (its state_dict has the original keys; weights stay frozen)."""
+        self.engine.remove()
         self.merged = True
         return self.model
 
     def update_tensors(self) -> dict[str, torch.Tensor]:
-        """The update as named tensors: `<name>::values` + `<name>::indices` (sparse) or `<name>` (whole)."""
+        """The update as named tensors: `<name>::values` + `<name>::indices` (sparse) or `<name>` (whole).
+
+        Values are the trained values themselves (not differences to the base)."""
         if self.merged:
             raise RuntimeError("the update was merged; save it before merge()")
+        self.sync()
         out: dict[str, torch.Tensor] = {}
         for e in self.sparse:
-            out[f"{e.param_name}::values"] = e.delta.values.detach().to("cpu").contiguous()
-            out[f"{e.param_name}::indices"] = e.delta.indices.detach().to("cpu").contiguous()
+            out[f"{e.param_name}::values"] = e.selection.values.detach().to("cpu").contiguous()
+            out[f"{e.param_name}::indices"] = e.selection.indices.detach().to("cpu").contiguous()
         for n, p in list(self.dense.items()) + list(self.unbound.items()):
             out[n] = p.detach().to("cpu").contiguous()
         return out
 
     def save_update(self, path: str | Path) -> int:
         """Write the update alone as a safetensors file (atomically); returns its size in bytes."""
+        import json
+
         from safetensors.torch import save
 
         from blueprint_format.atomic import atomic_write_bytes
 
-        kinds = {e.param_name: f"sparse-{e.delta.granularity}" for e in self.sparse}
+        kinds = {e.param_name: f"sparse-{e.selection.granularity}" for e in self.sparse}
         kinds.update({n: "whole" for n in list(self.dense) + list(self.unbound)})
         meta = {
             "format": UPDATE_FORMAT,
@@ -217,7 +291,21 @@ class BlueprintHandle:
 
 
 # ----------------------------------------------------------------------------------------------
-# binding
+# step 1: binding
+
+
+@dataclass
+class Binding:
+    """The blueprint's modules found in the model."""
+
+    inventory: list[TensorInfo]
+    layout: ModuleLayout
+    bound: list[BoundModule]
+    owners: list[nn.Module | None]  # the module owning each bound module's first parameter
+
+    @property
+    def parameter_count(self) -> int:
+        return sum(m.parameter_count for m in self.bound)
 
 
 def _base_view(model: nn.Module) -> list[TensorInfo] | None:
@@ -253,13 +341,37 @@ def _inventory(
             raise BindingError(issues)
         warnings.warn(
             "force=True: applying a blueprint that does not bind to this model: " + "; ".join(map(str, issues)),
-            stacklevel=3,
+            stacklevel=4,
         )
     return chosen
 
 
+def bind(
+    model: nn.Module, bp: Blueprint, force: bool = False, model_path: str | Path | None = None,
+    tensors: Iterable[TensorInfo] | None = None,
+) -> Binding:
+    """Find the blueprint's modules in `model` (BindingError / ApplyError when it does not describe it)."""
+    inventory = _inventory(model, bp, model_path, tensors, force)
+    layout = module_layout(model, tensors=inventory)
+    bp_names = {m.name for m in bp.modules}
+    missing = [m.name for m in layout.modules if m.name not in bp_names]
+    if missing and not force:
+        raise apply_error(
+            "model-module-not-in-blueprint",
+            f"the blueprint lacks {len(missing)} trainable module(s) of the model, e.g. {missing[:3]}",
+            "/modules",
+        )
+    bound = [m for m in layout.modules if m.name in bp_names]
+    if not bound:
+        raise apply_error("module-not-in-model", "no module of the blueprint is a trainable module of the model",
+                          "/modules")
+    named = dict(model.named_modules())
+    owners = [named.get(m.param_names[0].rsplit(".", 1)[0] if "." in m.param_names[0] else "") for m in bound]
+    return Binding(inventory, layout, bound, owners)
+
+
 # ----------------------------------------------------------------------------------------------
-# scores
+# step 2: scores
 
 
 def _domain_weights(bp: Blueprint, domains: Mapping[str, float] | None) -> dict[str, float]:
@@ -270,9 +382,6 @@ def _domain_weights(bp: Blueprint, domains: Mapping[str, float] | None) -> dict[
     if unknown:
         raise apply_error("unknown-domain", f"domains {unknown} are not declared by the blueprint (it has {declared})",
                           "/domains")
-    bad = [n for n, w in domains.items() if not (isinstance(w, (int, float)) and math.isfinite(w) and w >= 0)]
-    if bad:
-        raise apply_error("out-of-range", f"domain weights must be finite and non-negative: {bad}", "/domains")
     total = float(sum(domains.values()))
     if abs(total - 1.0) > 1e-6:
         raise apply_error("domain-weights-sum", f"domain weights sum to {total}, not 1", "/domains")
@@ -297,6 +406,12 @@ def _normalised(values: Mapping[str, float]) -> dict[str, float]:
     return {k: (v / total if total > 0 else 0.0) for k, v in values.items()}
 
 
+def _to(batch: Any, device: torch.device) -> Any:
+    from reference_impl.compute import to_device
+
+    return to_device(batch, device)
+
+
 def local_statistics(
     model: nn.Module, modules: list[BoundModule], batches: Iterable[Any], loss_fn: LossFn, statistic: str,
     want_elements: bool,
@@ -314,10 +429,8 @@ def local_statistics(
     params = [p for m in modules for p in m.params]
     owner = {id(p): i for i, m in enumerate(modules) for p in m.params}
     sq = torch.zeros(len(modules), dtype=torch.float64, device=device)
-    sums: dict[int, torch.Tensor] = (
-        {id(p): torch.zeros_like(p, dtype=torch.float32) for p in params} if want_elements or
-        statistic == "mean_grad_norm" else {}
-    )
+    keep_sums = want_elements or statistic == "mean_grad_norm"
+    sums: dict[int, torch.Tensor] = {id(p): torch.zeros_like(p, dtype=torch.float32) for p in params} if keep_sums else {}
 
     def fold(p: torch.Tensor) -> None:
         g = p.grad
@@ -346,13 +459,20 @@ def local_statistics(
         model.zero_grad(set_to_none=True)
         model.train(was_training)
     if not rows:
-        raise apply_error("empty-document", "local_batches is empty", "/local_batches", fallback="missing-field")
-    bn = torch.stack(rows).cpu()
+        raise config_error("local_batches", "local_batches is empty: give at least one batch or leave it out")
+    return _fold_statistics(modules, torch.stack(rows).cpu(), sums, statistic, want_elements)
+
+
+def _fold_statistics(
+    modules: list[BoundModule], bn: torch.Tensor, sums: dict[int, torch.Tensor], statistic: str, want_elements: bool
+) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    """The chosen statistic per module from batch norms `bn` (batches x modules) and gradient sums."""
     n = bn.shape[0]
     mean_grad_sq = torch.zeros(len(modules), dtype=torch.float64)
-    for p in params:
-        if sums:
-            mean_grad_sq[owner[id(p)]] += float((sums[id(p)].double() / n).pow(2).sum())
+    if sums:
+        for i, m in enumerate(modules):
+            for p in m.params:
+                mean_grad_sq[i] += float((sums[id(p)].double() / n).pow(2).sum())
     srt = bn.sort(dim=0).values
     median = srt[n // 2] if n % 2 else 0.5 * (srt[n // 2 - 1] + srt[n // 2])
     per_stat = {
@@ -377,14 +497,77 @@ def local_statistics(
     return module_stat, elements
 
 
-def _to(batch: Any, device: torch.device) -> Any:
-    from reference_impl.compute import to_device
+@dataclass
+class Scores:
+    """Normalised module scores G', and unit scores per tensor (row/element granularity)."""
 
-    return to_device(batch, device)
+    gprime: dict[str, float]
+    units: Mapping[str, torch.Tensor] | None = None
+    owned: bool = False  # the unit scores may be overwritten in place
+
+
+def module_scores(
+    model: nn.Module, bp: Blueprint, binding: Binding, config: ApplyConfig, local_batches: Iterable[Any] | None,
+    loss_fn: LossFn | None, element_scores: Mapping[str, torch.Tensor] | None,
+) -> Scores:
+    """G' of every bound module, and the unit scores the row/element selection needs."""
+    bound = binding.bound
+    if config.random_seed is not None:
+        return _random_scores(binding, config)
+    partial = config.granularity != "module" and config.budget < 1.0 and config.modules is None
+    want_elements = partial and element_scores is None
+    local_stat: dict[str, float] = {}
+    local_elements: dict[str, torch.Tensor] = {}
+    if local_batches is not None and config.budget < 1.0 and config.modules is None:
+        loss = loss_fn if loss_fn is not None else default_loss(model)[0]
+        local_stat, local_elements = local_statistics(
+            model, bound, local_batches, loss, bp.allocation.statistic, want_elements
+        )
+    pub = _normalised(published_scores(bp, _domain_weights(bp, config.domains)))
+    if local_stat:
+        loc = _normalised(local_stat)
+        a = config.blend
+        gprime = {m.name: a * pub.get(m.name, 0.0) + (1 - a) * loc.get(m.name, 0.0) for m in bound}
+    else:
+        gprime = {m.name: pub.get(m.name, 0.0) for m in bound}
+    gprime = _normalised(gprime)
+    if not partial:
+        return Scores(gprime)
+    if element_scores is not None:
+        return Scores(gprime, element_scores, owned=config.consume_scores)
+    if local_elements:
+        return Scores(gprime, local_elements, owned=True)
+    raise apply_error(
+        "missing-field",
+        f"{config.granularity} granularity needs local_batches or element_scores (e.g. the blueprint's sidecar) "
+        "to choose which entries to train",
+        "/local_batches",
+    )
+
+
+def _random_scores(binding: Binding, config: ApplyConfig) -> Scores:
+    """The random control: seeded uniform module scores, and uniform unit scores per element."""
+    rng = random.Random(config.random_seed)
+    gprime = _normalised({m.name: rng.random() for m in binding.bound})
+    if config.granularity == "module" or config.budget >= 1.0 or config.modules is not None:
+        return Scores(gprime)
+    gen = torch.Generator().manual_seed(int(config.random_seed or 0))
+    units = {n: torch.rand(tuple(p.shape), generator=gen) for m in binding.bound
+             for n, p in zip(m.tensor_names, m.params)}
+    # Uniform per element: each module's share is its size, so every entry is equally likely.
+    return Scores(_normalised({m.name: float(m.parameter_count) for m in binding.bound}), units, owned=True)
 
 
 # ----------------------------------------------------------------------------------------------
-# selection
+# step 3: selection
+
+
+@dataclass
+class Selection:
+    """What to train: whole modules, and selected unit indices per tensor (by weight-file name)."""
+
+    whole: set[str]
+    units: dict[str, torch.Tensor]
 
 
 def _is_partial_type(module: nn.Module | None) -> bool:
@@ -399,81 +582,206 @@ def _unit_scores(t: torch.Tensor, granularity: str) -> tuple[torch.Tensor, int]:
     return t.reshape(-1), 1
 
 
-def _select_units(
-    modules: list[BoundModule], owners: list[nn.Module | None], gprime: dict[str, float],
-    elements: Mapping[str, torch.Tensor], granularity: str, cap: int, inplace: bool = False,
-) -> tuple[dict[str, torch.Tensor], set[str]]:
-    """Rows/elements to train under `cap` entries: (tensor name -> selected unit indices, whole modules).
-
-    Greedy by gain per parameter; the threshold is found by bisection so that no concatenated
-    score vector of the whole model is ever built. With `inplace`, element densities are computed
-    in the score tensors themselves (float32), so no second model-sized buffer is allocated.
-    """
-    # Per tensor: (tensor name, density per unit, unit size); per whole-unit module: one unit.
+def _densities(
+    binding: Binding, scores: Scores, granularity: str
+) -> tuple[list[tuple[str, torch.Tensor, int]], list[tuple[str, float, int]]]:
+    """Gain per parameter of every unit: (tensor, densities, unit size) and whole-only modules."""
     parts: list[tuple[str, torch.Tensor, int]] = []
     wholes: list[tuple[str, float, int]] = []
-    for m, owner in zip(modules, owners):
-        g = gprime.get(m.name, 0.0)
+    elements = scores.units or {}
+    for m, owner in zip(binding.bound, binding.owners):
+        g = scores.gprime.get(m.name, 0.0)
         if g <= 0:
             continue
         if not _is_partial_type(owner) and all(p.dim() <= 1 for p in m.params):
             wholes.append((m.name, g / m.parameter_count, m.parameter_count))
             continue
-        scores = [elements.get(n) for n in m.tensor_names]
-        if any(s is None for s in scores):
-            missing = [n for n, s in zip(m.tensor_names, scores) if s is None]
-            raise apply_error("missing-field", f"no element scores for {missing}", fallback="missing-field")
-        total = float(sum(float(s.sum()) for s in scores if s is not None))
+        tensors = [elements.get(n) for n in m.tensor_names]
+        missing = [n for n, s in zip(m.tensor_names, tensors) if s is None]
+        if missing:
+            raise apply_error("missing-field", f"no element scores for {missing}", "/element_scores")
+        total = float(sum(float(s.sum()) for s in tensors if s is not None))
         if total <= 0:
             continue
-        for n, s, p in zip(m.tensor_names, scores, m.params):
+        for n, s, p in zip(m.tensor_names, tensors, m.params):
             assert s is not None
             if s.dtype != torch.float32 or not s.is_contiguous():
                 s = s.to(torch.float32).contiguous()
-            elif not inplace:
+            elif not scores.owned:
                 s = s.clone()
             if granularity == "row" and p.dim() >= 2 and s.dim() == 1 and s.numel() == p.shape[0]:
                 u, size = s, p.numel() // int(p.shape[0])  # row scores (a row sidecar)
             elif s.numel() != p.numel():
                 raise apply_error("bad-container", f"scores of {n} have shape {tuple(s.shape)}, the tensor "
-                                  f"{tuple(p.shape)}", fallback="bad-container")
+                                  f"{tuple(p.shape)}", "/element_scores")
             else:
                 u, size = _unit_scores(s, granularity)
             parts.append((n, u.mul_(g / total / size), size))
+    return parts, wholes
 
+
+def _f32(x: float) -> float:
+    # Thresholds are compared with float32 densities: round them the same way everywhere.
+    return float(torch.tensor(x, dtype=torch.float32))
+
+
+def _threshold(parts: list[tuple[str, torch.Tensor, int]], wholes: list[tuple[str, float, int]], cap: int) -> float | None:
+    """The smallest density threshold whose units fit `cap` entries (None: nothing to select).
+
+    Found by bisection in log space, so that no concatenated score vector of the model is built."""
     maxima = [float(d.max()) if d.numel() else 0.0 for _, d, _ in parts]
 
-    def f32(x: float) -> float:
-        # Thresholds are compared with float32 densities: round them the same way everywhere.
-        return float(torch.tensor(x, dtype=torch.float32))
-
     def taken(tau: float) -> int:
-        tau = f32(tau)
+        tau = _f32(tau)
         n = sum(int((d >= tau).sum()) * size for (_, d, size), mx in zip(parts, maxima) if mx >= tau)
         return n + sum(size for _, d, size in wholes if d >= tau)
 
     hi = max([*maxima, *(d for _, d, _ in wholes), 0.0])
     if hi <= 0:
-        return {}, set()
-    lo = hi
+        return None
     positive = [float(d[d > 0].min()) for _, d, _ in parts if bool((d > 0).any())] + [d for _, d, _ in wholes]
     floor = min(positive)
     if taken(floor) <= cap:
-        tau = floor
-    else:
-        # Bisection in log space between floor (too many) and hi (fits unless one unit exceeds cap).
-        lo, up = math.log(floor), math.log(hi) + 1e-12
-        for _ in range(48):
-            mid = 0.5 * (lo + up)
-            if taken(math.exp(mid)) <= cap:
-                up = mid
-            else:
-                lo = mid
-        tau = math.exp(up)
-    tau = f32(tau)
-    chosen = {n: (d >= tau).nonzero().flatten() for n, d, _ in parts}
-    whole = {name for name, d, size in wholes if d >= tau}
-    return chosen, whole
+        return _f32(floor)
+    lo, up = math.log(floor), math.log(hi) + 1e-12
+    for _ in range(48):
+        mid = 0.5 * (lo + up)
+        if taken(math.exp(mid)) <= cap:
+            up = mid
+        else:
+            lo = mid
+    return _f32(math.exp(up))
+
+
+def select(binding: Binding, scores: Scores, config: ApplyConfig) -> Selection:
+    """Whole modules and units to train under the budget (module names / weight-file tensor names)."""
+    bound = binding.bound
+    if config.budget >= 1.0:
+        return Selection({m.name for m in bound}, {})
+    if config.modules is not None:
+        unknown = sorted(set(config.modules) - {m.name for m in bound})
+        if unknown:
+            raise apply_error("module-not-in-model", f"modules {unknown[:3]} are not blueprint modules of the model",
+                              "/modules")
+        return Selection(set(config.modules), {})
+    cap = math.floor(config.budget * binding.parameter_count * (1 + 1e-12))
+    if config.granularity == "module":
+        whole: set[str] = set()
+        left = cap
+        for m in sorted(bound, key=lambda m: -scores.gprime[m.name]):
+            if m.parameter_count <= left and scores.gprime[m.name] > 0:
+                whole.add(m.name)
+                left -= m.parameter_count
+        return Selection(whole, {})
+    parts, wholes = _densities(binding, scores, config.granularity)
+    tau = _threshold(parts, wholes, cap)
+    if tau is None:
+        return Selection(set(), {})
+    return Selection({name for name, d, _ in wholes if d >= tau},
+                     {n: (d >= tau).nonzero().flatten() for n, d, _ in parts})
+
+
+def _refuse_unsupported(model: nn.Module, binding: Binding, selection: Selection, granularity: str) -> None:
+    """Refuse, before the model is touched, a partial selection the sparse engine cannot train."""
+    by_tensor = {n: (m, p) for m in binding.bound for n, p in zip(m.tensor_names, m.params)}
+    refused: list[str] = []
+    for n, idx in selection.units.items():
+        m, p = by_tensor[n]
+        if not idx.numel() or int(idx.numel()) == _units(p, granularity):
+            continue
+        problem = patch_problem(model, p)
+        if problem is not None:
+            refused.append(f"{m.name} ({m.type}: {problem})")
+    if refused:
+        raise apply_error(
+            "unsupported-module",
+            f"{granularity} granularity can update only Linear, Embedding and Conv modules in part; selected: "
+            + "; ".join(refused[:5]) + "; use granularity='module' or train these modules whole",
+            "/granularity",
+        )
+
+
+def _units(p: torch.Tensor, granularity: str) -> int:
+    return p.numel() if granularity == "element" or p.dim() <= 1 else int(p.shape[0])
+
+
+# ----------------------------------------------------------------------------------------------
+# step 4: attaching
+
+
+def attach(model: nn.Module, bp: Blueprint, binding: Binding, selection: Selection, config: ApplyConfig,
+           scores: Scores) -> BlueprintHandle:
+    """Freeze everything but the selection; train whole tensors densely and partial ones in place."""
+    _refuse_unsupported(model, binding, selection, config.granularity)
+    unbound_names = set(binding.layout.unbound)
+    for n, p in model.named_parameters():
+        p.requires_grad_(config.train_unbound and n in unbound_names)
+    handle = BlueprintHandle(
+        model=model, granularity=config.granularity, budget=config.budget, blueprint_digest=blueprint_digest(bp),
+        structure_digest=structure_digest(binding.inventory), selection=[], bound_parameters=binding.parameter_count,
+    )
+    if config.train_unbound:
+        handle.unbound = {n: p for n, p in model.named_parameters() if n in unbound_names}
+    targets: list[tuple[str, torch.Tensor, str]] = []
+    for m, owner in zip(binding.bound, binding.owners):
+        mtype = type(owner).__name__ if owner is not None else m.type
+        selected = 0
+        for tn, pn, p in zip(m.tensor_names, m.param_names, m.params):
+            idx = selection.units.get(tn)
+            if m.name in selection.whole or (idx is not None and int(idx.numel()) == _units(p, config.granularity)):
+                p.requires_grad_(True)  # the whole tensor: plain dense training is cheaper
+                handle.dense[pn] = p
+                selected += int(p.numel())
+            elif idx is not None and idx.numel():
+                gran = "element" if config.granularity == "element" or p.dim() <= 1 else "row"
+                targets.append((pn, idx, gran))
+                selected += int(idx.numel()) * (1 if gran == "element" else p.numel() // int(p.shape[0]))
+        mode = "dense" if m.name in selection.whole else ("sparse" if selected else "frozen")
+        handle.selection.append(ModuleSelection(m.name, mtype, m.parameter_count, selected, mode,
+                                                scores.gprime.get(m.name, 0.0)))
+    handle.engine = attach_sparse(model, targets)
+    by_name = handle.engine.selections
+    handle.sparse = [SparseEntry(pn, by_name[pn]) for pn, _, _ in targets]
+    return handle
+
+
+def apply_blueprint(
+    model: nn.Module,
+    blueprint: Blueprint,
+    config: ApplyConfig | None = None,
+    *,
+    local_batches: Iterable[Any] | None = None,
+    loss_fn: LossFn | None = None,
+    element_scores: Mapping[str, torch.Tensor] | None = None,
+    model_path: str | Path | None = None,
+    tensors: Iterable[TensorInfo] | None = None,
+    **settings: Any,
+) -> BlueprintHandle:
+    """Make only what `blueprint` recommends trainable on `model`; return the handle.
+
+    config: an ApplyConfig; its fields may also be given as keywords (`budget=0.2,
+    granularity="element"`), alone or to override `config`. local_batches: a few batches of the
+    user's data (`loss_fn(model, batch)` gives the loss; default: the model's own) for the blend of
+    G' and for choosing rows/elements. element_scores: per-tensor element scores (e.g. the
+    blueprint's sidecar, `sidecar_scores`) used instead of local gradients to choose rows/elements.
+    model_path / tensors: the weight files (or inventory) the blueprint binds to; default: the
+    model's state_dict, or the same with the task model's prefix stripped.
+
+    Nothing is changed on the model when the call is refused.
+    """
+    if config is None:
+        config = ApplyConfig(**settings)
+    elif settings:
+        config = replace(config, **settings)
+    binding = bind(model, blueprint, config.force, model_path, tensors)
+    scores = module_scores(model, blueprint, binding, config, local_batches, loss_fn, element_scores)
+    selection = select(binding, scores, config)
+    scores.units = None  # the unit scores must not stay alive through training
+    return attach(model, blueprint, binding, selection, config, scores)
+
+
+# ----------------------------------------------------------------------------------------------
+# sidecar scores and saved updates
 
 
 def sidecar_scores(bp: Blueprint, blueprint_dir: str | Path, granularity: str = "element") -> dict[str, torch.Tensor]:
@@ -487,267 +795,117 @@ def sidecar_scores(bp: Blueprint, blueprint_dir: str | Path, granularity: str = 
 
     from safetensors.torch import load_file
 
+    from blueprint_format.semantic import unsafe_path_reason
+
     wanted = ("element",) if granularity == "element" else ("row", "element")
     entries = [s for s in (bp.sidecars or []) if s.granularity in wanted and s.format == "safetensors"]
     if not entries:
-        raise apply_error("missing-field", f"the blueprint has no {' or '.join(wanted)} sidecar", "/sidecars",
-                          fallback="missing-field")
+        raise apply_error("missing-field", f"the blueprint has no {' or '.join(wanted)} sidecar", "/sidecars")
     entry = sorted(entries, key=lambda s: wanted.index(s.granularity))[0]
     folder = Path(blueprint_dir).resolve()
-    rel = entry.path
-    segments = rel.split("/")
-    if rel.startswith("/") or "\\" in rel or rel[1:2] == ":" or any(s in ("", ".", "..") for s in segments):
-        raise apply_error("unsafe-path", f"sidecar path {rel!r} is not a safe relative path", "/sidecars",
-                          fallback="unsafe-path")
-    target = (folder / rel).resolve()
-    if folder not in target.parents:
-        raise apply_error("unsafe-path", f"sidecar {rel!r} resolves outside {folder}", "/sidecars",
-                          fallback="unsafe-path")
+    reason = unsafe_path_reason(entry.path)
+    target = (folder / entry.path).resolve()
+    if reason is None and folder not in target.parents:
+        reason = f"resolves outside {folder}"
+    if reason is not None:
+        raise apply_error("unsafe-path", f"sidecar path {entry.path!r} {reason}", "/sidecars")
     h = hashlib.sha256()
     try:
         with target.open("rb") as fh:  # streamed: the file's bytes are never all in memory
             for chunk in iter(lambda: fh.read(1 << 22), b""):
                 h.update(chunk)
     except OSError as exc:
-        raise apply_error("io-error", f"cannot read sidecar {target}: {exc.strerror or exc}", "/sidecars",
-                          fallback="io-error") from None
+        raise apply_error("io-error", f"cannot read sidecar {target}: {exc.strerror or exc}", "/sidecars") from None
     if "sha256:" + h.hexdigest() != entry.digest:
-        raise apply_error("bad-container", f"sidecar {rel} does not match its digest", "/sidecars",
-                          fallback="bad-container")
+        raise apply_error("bad-container", f"sidecar {entry.path} does not match its digest", "/sidecars")
     return dict(load_file(str(target)))
 
 
-def apply_blueprint(
-    model: nn.Module,
-    blueprint: Blueprint,
-    budget: float = 0.2,
-    domains: Mapping[str, float] | None = None,
-    granularity: str = "module",
-    local_batches: Iterable[Any] | None = None,
-    blend: float = 0.5,
-    loss_fn: LossFn | None = None,
-    force: bool = False,
-    *,
-    model_path: str | Path | None = None,
-    tensors: Iterable[TensorInfo] | None = None,
-    element_scores: Mapping[str, torch.Tensor] | None = None,
-    modules: Sequence[str] | None = None,
-    random_seed: int | None = None,
-    train_unbound: bool = True,
-    consume_scores: bool = False,
-) -> BlueprintHandle:
-    """Make only what `blueprint` recommends trainable on `model`; return the handle.
-
-    budget: fraction of the blueprint modules' parameters to train, in (0, 1] (1 = everything,
-    i.e. full fine-tuning through the same path). domains: the user's domain mixture (names
-    declared by the blueprint, weights summing to 1; default: the blueprint's). local_batches:
-    a few batches of the user's data (`loss_fn(model, batch)` gives the loss; default: the model's
-    own) for the blend G' = blend * published + (1 - blend) * local and for choosing rows/elements.
-    model_path / tensors: the weight files (or inventory) the blueprint binds to; default: the
-    model's state_dict, or the same with the task model's prefix stripped.
-    element_scores: per-tensor element scores (e.g. a blueprint's element sidecar) used instead of
-    local gradients to choose rows/elements. modules: train exactly these blueprint modules
-    (control arms such as "last layers only"). random_seed: replace every score by a seeded
-    uniform draw (the random-selection control at the same budget). consume_scores: the float32
-    `element_scores` may be overwritten in place (saves a model-sized copy, e.g. for sidecar_scores).
-    """
-    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not (0 < float(budget) <= 1):
-        raise apply_error("out-of-range", f"budget must lie in (0, 1], got {budget!r}", "/budget")
-    budget = float(budget)
-    if granularity not in GRANULARITIES:
-        raise apply_error("bad-enum", f"granularity must be one of {GRANULARITIES}, got {granularity!r}",
-                          "/granularity", fallback="bad-enum")
-    if not (0.0 <= float(blend) <= 1.0):
-        raise apply_error("out-of-range", f"blend must lie in [0, 1], got {blend!r}", "/blend")
-    weights = _domain_weights(blueprint, domains)
-    inventory = _inventory(model, blueprint, model_path, tensors, force)
-
-    layout = module_layout(model, tensors=inventory)
-    bp_names = {m.name for m in blueprint.modules}
-    missing = [m.name for m in layout.modules if m.name not in bp_names]
-    if missing and not force:
-        raise apply_error(
-            "model-module-not-in-blueprint",
-            f"the blueprint lacks {len(missing)} trainable module(s) of the model, e.g. {missing[:3]}",
-            "/modules", fallback="module-not-in-model",
-        )
-    bound = [m for m in layout.modules if m.name in bp_names]
-    if not bound:
-        raise apply_error("module-not-in-model", "no module of the blueprint is a trainable module of the model",
-                          "/modules", fallback="module-not-in-model")
-    named_modules = dict(model.named_modules())
-    owners: list[nn.Module | None] = [
-        named_modules.get(m.param_names[0].rsplit(".", 1)[0] if "." in m.param_names[0] else "") for m in bound
-    ]
-    n_total = sum(m.parameter_count for m in bound)
-    cap = math.floor(budget * n_total * (1 + 1e-12))
-
-    # -- scores ---------------------------------------------------------------------------------
-    rng = random.Random(random_seed) if random_seed is not None else None
-    want_elements = granularity != "module" and budget < 1.0 and element_scores is None and modules is None
-    local_stat: dict[str, float] = {}
-    local_elements: dict[str, torch.Tensor] = {}
-    if local_batches is not None and rng is None and budget < 1.0 and modules is None:
-        if loss_fn is None:
-            loss_fn, _ = default_loss(model)
-        local_stat, local_elements = local_statistics(
-            model, bound, local_batches, loss_fn, blueprint.allocation.statistic, want_elements
-        )
-    if rng is not None:
-        gprime = {m.name: rng.random() for m in bound}
-    else:
-        pub = _normalised({k: v for k, v in published_scores(blueprint, weights).items()})
-        if local_stat:
-            loc = _normalised(local_stat)
-            gprime = {m.name: blend * pub.get(m.name, 0.0) + (1 - blend) * loc.get(m.name, 0.0) for m in bound}
-        else:
-            gprime = {m.name: pub.get(m.name, 0.0) for m in bound}
-    gprime = _normalised(gprime)
-
-    # -- selection -------------------------------------------------------------------------------
-    chosen_units: dict[str, torch.Tensor] = {}
-    whole: set[str] = set()
-    if budget >= 1.0:
-        whole = {m.name for m in bound}
-    elif modules is not None:
-        unknown = sorted(set(modules) - {m.name for m in bound})
-        if unknown:
-            raise apply_error("module-not-in-model", f"modules {unknown[:3]} are not blueprint modules of the model",
-                              "/modules", fallback="module-not-in-model")
-        whole = set(modules)
-    elif granularity == "module":
-        left = cap
-        for m in sorted(bound, key=lambda m: -gprime[m.name]):
-            if m.parameter_count <= left and gprime[m.name] > 0:
-                whole.add(m.name)
-                left -= m.parameter_count
-    else:
-        if rng is not None:
-            gen = torch.Generator().manual_seed(int(random_seed or 0))
-            scores: Mapping[str, torch.Tensor] = {
-                n: torch.rand(tuple(p.shape), generator=gen) for m in bound for n, p in zip(m.tensor_names, m.params)
-            }
-            gprime = _normalised({m.name: float(m.parameter_count) for m in bound})  # uniform per element
-        elif element_scores is not None:
-            scores = element_scores
-        elif local_elements:
-            scores = local_elements
-        else:
-            raise apply_error(
-                "missing-field",
-                f"{granularity} granularity needs local_batches or element_scores (e.g. the blueprint's sidecar) "
-                "to choose which entries to train",
-                "/local_batches", fallback="missing-field",
-            )
-        own = rng is not None or consume_scores or (element_scores is None and bool(local_elements))
-        chosen_units, whole = _select_units(bound, owners, gprime, scores, granularity, cap, inplace=own)
-        del scores
-        local_elements.clear()
-
-    # Refuse before touching the model, so that a refused call leaves it as it was.
-    by_tensor = {n: (m, j) for m in bound for j, n in enumerate(m.tensor_names)}
-    partial: dict[str, int] = {}
-    for n, idx in chosen_units.items():
-        if idx.numel():
-            m, _ = by_tensor[n]
-            partial[m.name] = partial.get(m.name, 0)
-    refused = [m.name for m, o in zip(bound, owners) if m.name in partial and not _is_partial_type(o)]
-    if refused:
-        raise apply_error(
-            "unsupported-module",
-            f"{granularity} granularity can update only Linear, Embedding and Conv modules; selected: "
-            + ", ".join(f"{n} ({m.type})" for n, m in ((m.name, m) for m in bound) if n in refused[:5])
-            + "; use granularity='module' or train these modules whole",
-            "/granularity", fallback="wrong-type",
-        )
-
-    # -- freeze and re-parametrise ----------------------------------------------------------------
-    unbound_names = set(layout.unbound)
-    for n, p in model.named_parameters():
-        p.requires_grad_(train_unbound and n in unbound_names)
-    handle = BlueprintHandle(
-        model=model, granularity=granularity, budget=budget, blueprint_digest=blueprint_digest(blueprint),
-        structure_digest=structure_digest(inventory), selection=[], bound_parameters=n_total,
-    )
-    if train_unbound:
-        handle.unbound = {n: p for n, p in model.named_parameters() if n in unbound_names}
-    for m, owner in zip(bound, owners):
-        mtype = type(owner).__name__ if owner is not None else m.type
-        if m.name in whole:
-            for pn, p in zip(m.param_names, m.params):
-                p.requires_grad_(True)
-                handle.dense[pn] = p
-            handle.selection.append(ModuleSelection(m.name, mtype, m.parameter_count, m.parameter_count, "dense",
-                                                    gprime.get(m.name, 0.0)))
-            continue
-        selected = 0
-        for _j, (tn, pn, p) in enumerate(zip(m.tensor_names, m.param_names, m.params)):
-            sel_idx = chosen_units.get(tn)
-            if sel_idx is None or sel_idx.numel() == 0:
-                continue
-            units = p.numel() if granularity == "element" or p.dim() <= 1 else int(p.shape[0])
-            row = 1 if granularity == "element" or p.dim() <= 1 else p.numel() // max(int(p.shape[0]), 1)
-            if int(sel_idx.numel()) == units:  # the whole tensor: plain dense training is cheaper
-                p.requires_grad_(True)
-                handle.dense[pn] = p
-                selected += int(p.numel())
-                continue
-            assert owner is not None
-            attr = pn.rsplit(".", 1)[-1]
-            gran = "element" if granularity == "element" or p.dim() <= 1 else "row"
-            delta = attach_sparse_delta(owner, attr, sel_idx, gran)
-            handle.sparse.append(_SparseEntry(pn, owner, attr, delta))
-            selected += int(sel_idx.numel()) * row
-        handle.selection.append(ModuleSelection(m.name, mtype, m.parameter_count, selected,
-                                                "sparse" if selected else "frozen", gprime.get(m.name, 0.0)))
-    return handle
+def _bad_update(path: Path, message: str) -> ApplyError:
+    return apply_error("bad-container", f"{path}: {message}")
 
 
 def load_update(model: nn.Module, path: str | Path, expect_structure: str | None = None) -> list[str]:
-    """Add a saved update onto a base model's dense weights (in place); returns the tensor names changed.
+    """Put a saved update into a base model's weights (in place); returns the tensor names changed.
 
-    Sparse entries are added at their indices; whole tensors replace the model's. Raises
-    ApplyError (bad-container) for a file that is not an update or does not fit the model.
+    Sparse entries are set at their indices (older "/1" files hold differences, which are added);
+    whole tensors replace the model's. Raises ApplyError (bad-container) for a file that is not an
+    update or does not fit the model.
     """
+    import json
+
     from safetensors import safe_open
 
     p = Path(path)
     try:
         handle = safe_open(str(p), framework="pt")
     except Exception as exc:
-        raise apply_error("bad-container", f"{p}: not a readable safetensors file: {exc}",
-                          fallback="bad-container") from None
+        raise _bad_update(p, f"not a readable safetensors file: {exc}") from None
     meta = handle.metadata() or {}  # type: ignore[no-untyped-call]
-    if meta.get("format") != UPDATE_FORMAT:
-        raise apply_error("bad-container", f"{p}: not a blueprint update (format {meta.get('format')!r})",
-                          fallback="bad-container")
+    fmt = meta.get("format")
+    if fmt not in (UPDATE_FORMAT, UPDATE_FORMAT_DELTAS):
+        raise _bad_update(p, f"not a blueprint update (format {fmt!r})")
     if expect_structure is not None and meta.get("structure_digest") != expect_structure:
         raise BindingError(make_error("structure-digest-mismatch", f"{p}: update made for another model structure"))
     get: Any = handle.get_tensor
     kinds: dict[str, str] = json.loads(meta.get("kinds", "{}"))
     params = dict(model.named_parameters())
-    changed: list[str] = []
     with torch.no_grad():
         for name, kind in sorted(kinds.items()):
             target = params.get(name)
             if target is None:
-                raise apply_error("bad-container", f"{p}: the model has no parameter {name!r}", fallback="bad-container")
+                raise _bad_update(p, f"the model has no parameter {name!r}")
             if kind == "whole":
                 t = get(name)
                 if tuple(t.shape) != tuple(target.shape):
-                    raise apply_error("bad-container", f"{p}: {name} has shape {tuple(t.shape)}, the model "
-                                      f"{tuple(target.shape)}", fallback="bad-container")
+                    raise _bad_update(p, f"{name} has shape {tuple(t.shape)}, the model {tuple(target.shape)}")
                 target.copy_(t.to(target.dtype))
             else:
-                values = get(f"{name}::values").to(target.device, target.dtype)
-                idx = get(f"{name}::indices").to(target.device).long()
-                units = target.numel() if kind == "sparse-element" else int(target.shape[0])
-                if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= units):
-                    raise apply_error("bad-container", f"{p}: indices of {name} out of range",
-                                      fallback="bad-container")
-                if kind == "sparse-element":
-                    target.view(-1).index_add_(0, idx, values.reshape(-1))
-                else:
-                    target.index_add_(0, idx, values)
-            changed.append(name)
-    return changed
+                _put_sparse(target, get(f"{name}::values"), get(f"{name}::indices"), kind, fmt == UPDATE_FORMAT, p, name)
+    return sorted(kinds)
+
+
+def _put_sparse(target: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, kind: str, absolute: bool,
+                path: Path, name: str) -> None:
+    """Set (or, for old delta files, add) sparse values at their indices of `target`."""
+    values = values.to(target.device, target.dtype)
+    idx = indices.to(target.device).long()
+    element = kind == "sparse-element"
+    units = target.numel() if element else int(target.shape[0])
+    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= units):
+        raise _bad_update(path, f"indices of {name} out of range")
+    view = target.view(-1) if element else target
+    expected = (int(idx.numel()),) if element else (int(idx.numel()), *target.shape[1:])
+    if tuple(values.reshape(-1).shape if element else values.shape) != expected:
+        raise _bad_update(path, f"values of {name} do not match its indices")
+    if absolute:
+        view.index_copy_(0, idx, values.reshape(-1) if element else values)
+    else:
+        view.index_add_(0, idx, values.reshape(-1) if element else values)
+
+
+def selected_entries(handle: BlueprintHandle) -> dict[str, torch.Tensor]:
+    """Boolean masks of the selected entries per partly selected tensor (tests and inspection)."""
+    return {e.param_name: e.selection.mask() for e in handle.sparse}
+
+
+__all__ = [
+    "GRANULARITIES",
+    "ApplyConfig",
+    "ApplyError",
+    "Binding",
+    "BlueprintHandle",
+    "ModuleSelection",
+    "Scores",
+    "Selection",
+    "SparseEntry",
+    "apply_blueprint",
+    "attach",
+    "bind",
+    "load_update",
+    "local_statistics",
+    "module_scores",
+    "published_scores",
+    "select",
+    "sidecar_scores",
+]

@@ -44,21 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def _domains(items: list[str]) -> dict[str, float] | None:
-    from reference_impl.apply import apply_error
+    from reference_impl.cli_common import parse_weights
 
-    if not items:
-        return None
-    out: dict[str, float] = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        try:
-            if not sep:
-                raise ValueError
-            out[name] = float(value)
-        except ValueError:
-            raise apply_error("wrong-type", f"--domain expects NAME=WEIGHT, got {item!r}", "/domains",
-                              fallback="wrong-type") from None
-    return out
+    return parse_weights(items, "--domain")
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:

@@ -1,29 +1,41 @@
-"""Values-only sparse updates: train a few entries of a weight without dense gradients or optimizer state.
+"""In-place sparse fine-tuning: train a few entries of a weight, with the weight itself as the storage.
 
-A selected tensor W of a module is frozen and re-parametrised (torch.nn.utils.parametrize) as
+A selected tensor W stays where it is, frozen (requires_grad False), and keeps being the model's
+weight. Its selected entries get a `SparseSelection`: `values`, the only trainable tensor, holds
+the current values of those entries (one per selected element, or one row per selected row), and
+`indices` (int32 where the tensor fits, else int64, sorted) names them. Hence `values.grad` and
+every optimizer state (AdamW's exp_avg and exp_avg_sq) have the size of the selection, not of W,
+as in SIFT. After each optimizer step the new values are written into W in place, under no_grad
+(by a global optimizer step hook, and again before any forward that finds them changed): no
+full-size copy of W is ever made. Entries outside the selection are never written, so they stay
+bit-identical; AdamW on `values` is AdamW on the selected entries of W, weight decay included,
+unlike a dense 0/1 gradient mask that would still decay the "frozen" ones.
 
-    W_eff = W_frozen + scatter(values, indices)
-
-where `indices` (int32 where the tensor fits, else int64) name the selected flat elements
-(element granularity) or rows (row granularity: the slices W[i, ...]), and `values` is the only
-trainable tensor, one entry per selected element (or one row per selected row). Hence
-`values.grad` and every optimizer state (AdamW's exp_avg and exp_avg_sq) have the size of the
-selection, not of W (SIFT / SpIEL; RESEARCH.md section 2). Entries outside the selection are
-W_frozen exactly: weight decay and updates never touch them, unlike a dense 0/1 gradient mask.
-
-The dense gradient of W_eff is still formed transiently by the module's backward and gathered at
-`indices`; only the persistent state shrinks.
+Every module that uses a selected tensor (a tied embedding and output layer: both) runs through a
+patched forward (`ModulePatch`), whose backward (sparse_kernels.py) computes only what is needed:
+the selected rows' gradient at row granularity, the selected entries at element granularity (the
+dense gradient one block of rows at a time), and the input's gradient only when autograd asks for
+it, so backward never descends below the lowest trainable tensor.
 """
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
+from reference_impl.sparse_kernels import SparseModuleFunction, block_rows, module_op, unsupported_reason
 
 INT32_MAX = 2**31 - 1
+#: Entries written back per chunk at most (index_put needs int64 indices: a chunk's copy stays
+#: small, at most an eighth of the selection's int32 indices' size, doubled).
+WRITE_CHUNK = 1 << 20
+GRANULARITIES = ("row", "element")
 
 
 def index_dtype(numel: int) -> torch.dtype:
@@ -31,76 +43,241 @@ def index_dtype(numel: int) -> torch.dtype:
     return torch.int32 if numel - 1 <= INT32_MAX else torch.int64
 
 
-class SparseDelta(nn.Module):
-    """Parametrisation W -> W + scatter(values at indices), rows or flat elements.
+def unit_count(shape: torch.Size, granularity: str) -> int:
+    """Number of selectable units of a tensor: elements, or rows (first-dimension slices)."""
+    numel = 1
+    for d in shape:
+        numel *= int(d)
+    return numel if granularity == "element" or len(shape) <= 1 else int(shape[0])
 
-    `values` starts at zero, so the parametrised weight equals the original until trained.
+
+class SparseSelection(nn.Module):
+    """The selected entries of one weight tensor: trainable `values` and their `indices`.
+
+    `granularity` is "element" (flat indices) or "row" (first-dimension indices; 1-D tensors are
+    always element). The weight is not registered here (it stays its module's parameter).
     """
 
-    def __init__(self, shape: torch.Size, indices: torch.Tensor, granularity: str, dtype: torch.dtype,
-                 device: torch.device) -> None:
+    def __init__(self, weight: nn.Parameter, indices: torch.Tensor, granularity: str) -> None:
         super().__init__()
-        if granularity not in ("row", "element"):
-            raise ValueError("granularity must be 'row' or 'element'")
-        self.granularity = granularity
-        self.shape = torch.Size(shape)
+        if granularity not in GRANULARITIES:
+            raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+        self.granularity = "element" if weight.dim() <= 1 else granularity
+        self.shape = torch.Size(weight.shape)
+        units = unit_count(self.shape, self.granularity)
+        idx = torch.unique(indices.reshape(-1).to(device=weight.device, dtype=torch.int64))  # sorted
+        if idx.numel() and (int(idx[0]) < 0 or int(idx[-1]) >= units):
+            raise IndexError(f"indices out of range for a tensor with {units} units")
+        object.__setattr__(self, "_weight", weight)  # a plain reference: not a second registration
         self.indices: torch.Tensor
-        self.register_buffer("indices", indices.to(device))
-        if granularity == "element":
-            vshape: tuple[int, ...] = (int(indices.numel()),)
+        self.register_buffer("indices", idx.to(index_dtype(units)))
+        with torch.no_grad():
+            self.values = nn.Parameter(self._gather(weight))
+        self.row_ptr: torch.Tensor | None = None
+        self.blocks: list[tuple[int, int, int, int]] = []
+        if self.granularity == "element" and weight.dim() == 2:
+            self._index_rows(idx, int(weight.shape[0]), int(weight.shape[1]), weight.element_size())
+        self._synced = self.values._version
+
+    def _index_rows(self, idx: torch.Tensor, rows: int, cols: int, itemsize: int) -> None:
+        """Row pointers (CSR) of the sorted flat indices, and the non-empty row blocks."""
+        bounds = torch.arange(rows + 1, device=idx.device, dtype=torch.int64) * cols
+        self.row_ptr = torch.searchsorted(idx, bounds)
+        step = block_rows(rows, cols, itemsize)
+        ptr = self.row_ptr.tolist()
+        self.blocks = [
+            (r0, min(r0 + step, rows), ptr[r0], ptr[min(r0 + step, rows)])
+            for r0 in range(0, rows, step)
+            if ptr[min(r0 + step, rows)] > ptr[r0]
+        ]
+
+    @property
+    def weight(self) -> nn.Parameter:
+        w: nn.Parameter = self.__dict__["_weight"]
+        return w
+
+    def _gather(self, weight: torch.Tensor) -> torch.Tensor:
+        if self.granularity == "row":
+            return weight.detach().index_select(0, self.indices).clone()
+        return weight.detach().reshape(-1).index_select(0, self.indices).clone()
+
+    @property
+    def selected_count(self) -> int:
+        """Selected scalar entries (rows count their length)."""
+        return int(self.values.numel())
+
+    def weight_grad_fraction(self) -> float:
+        """Share of the dense weight gradient's products that backward forms for this selection."""
+        if self.granularity == "row":
+            return int(self.indices.numel()) / int(self.shape[0]) if self.shape[0] else 0.0
+        if self.row_ptr is None:
+            return 1.0  # 1-D tensors and conv kernels: formed whole (they are small)
+        rows = sum(r1 - r0 for r0, r1, _, _ in self.blocks)
+        return rows / int(self.shape[0]) if self.shape[0] else 0.0
+
+    @torch.no_grad()
+    def sync(self) -> bool:
+        """Write the values into the weight if they changed since the last write; True if written."""
+        if self.values._version == self._synced:
+            return False
+        w = self.weight
+        v = self.values.detach().to(w.dtype)
+        if self.granularity == "row":
+            w.index_copy_(0, self.indices.to(torch.int64), v)
         else:
-            vshape = (int(indices.numel()), *self.shape[1:]) if len(self.shape) >= 1 else (int(indices.numel()),)
-        self.values = nn.Parameter(torch.zeros(vshape, dtype=dtype, device=device))
+            flat = w.view(-1)
+            n = int(self.indices.numel())
+            chunk = min(WRITE_CHUNK, max(4096, -(-n // 8)))
+            for a in range(0, n, chunk):
+                b = min(a + chunk, n)
+                flat.index_put_((self.indices[a:b].to(torch.int64),), v[a:b])
+        self._synced = self.values._version
+        return True
 
-    def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        idx = self.indices.long()
-        if self.granularity == "element" or weight.dim() <= 1:
-            flat = weight.reshape(-1).index_add(0, idx, self.values.reshape(-1))
-            return flat.view(weight.shape)
-        return weight.index_add(0, idx, self.values)
-
-    def dense_delta(self) -> torch.Tensor:
-        """The update as a dense tensor of the weight's shape (for tests and merging by hand)."""
-        z = torch.zeros(self.shape, dtype=self.values.dtype, device=self.values.device)
-        return self.forward(z).detach()
-
-
-def attach_sparse_delta(module: nn.Module, tensor_name: str, indices: torch.Tensor, granularity: str) -> SparseDelta:
-    """Freeze `module.<tensor_name>` and make only the entries at `indices` trainable, values-only.
-
-    `indices`: flat element indices (element granularity) or first-dimension row indices (row);
-    they are sorted and stored as int32 where they fit.
-    """
-    weight = getattr(module, tensor_name)
-    if not isinstance(weight, torch.Tensor):
-        raise TypeError(f"{type(module).__name__}.{tensor_name} is not a tensor")
-    units = weight.numel() if granularity == "element" or weight.dim() <= 1 else int(weight.shape[0])
-    idx = torch.unique(indices.reshape(-1).to(torch.int64))  # sorted, no duplicates
-    if idx.numel() and (int(idx[0]) < 0 or int(idx[-1]) >= units):
-        raise IndexError(f"indices out of range for {tensor_name} with {units} units")
-    weight.requires_grad_(False)
-    param = SparseDelta(weight.shape, idx.to(index_dtype(units)), granularity, weight.dtype, weight.device)
-    parametrize.register_parametrization(module, tensor_name, param, unsafe=True)
-    # The original lives on under parametrizations.<name>.original; it stays frozen.
-    getattr(module.parametrizations, tensor_name).original.requires_grad_(False)
-    return param
+    def mask(self) -> torch.Tensor:
+        """A boolean tensor of the weight's shape, True at the selected entries (tests, inspection)."""
+        m = torch.zeros(self.shape, dtype=torch.bool, device=self.indices.device)
+        if self.granularity == "row":
+            m[self.indices.long()] = True
+        else:
+            m.view(-1)[self.indices.long()] = True
+        return m
 
 
-def sparse_deltas(module: nn.Module) -> dict[str, SparseDelta]:
-    """The SparseDelta parametrisations of a module, by tensor name."""
-    out: dict[str, SparseDelta] = {}
-    if not parametrize.is_parametrized(module):
+class ModulePatch:
+    """Replaces one module's forward by SparseModuleFunction; callable as the forward itself."""
+
+    def __init__(self, module: nn.Module, weight_sel: SparseSelection | None,
+                 bias_sel: SparseSelection | None) -> None:
+        op = module_op(module)
+        if op is None:
+            raise TypeError(f"cannot patch {type(module).__name__}")
+        self.module = module
+        self.op = op
+        self.weight_sel = weight_sel
+        self.bias_sel = bias_sel
+
+    def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        x: torch.Tensor = args[0] if args else kwargs["input"]
+        m = self.module
+        for sel in (self.weight_sel, self.bias_sel):
+            if sel is not None:
+                sel.sync()
+        w: Any = m.weight
+        b: Any = getattr(m, "bias", None)
+        if not torch.is_grad_enabled():
+            return self.op.forward(m, x, w, b)
+        wv = self.weight_sel.values if self.weight_sel is not None else None
+        bv = self.bias_sel.values if self.bias_sel is not None else None
+        out: torch.Tensor = SparseModuleFunction.apply(x, w, wv, b, bv, self)  # type: ignore[no-untyped-call]
         return out
-    plists: Any = module.parametrizations
-    for name, plist in plists.items():
-        for p in plist:
-            if isinstance(p, SparseDelta):
-                out[name] = p
+
+    def install(self) -> None:
+        self.module.forward = self
+
+    def remove(self) -> None:
+        if self.module.__dict__.get("forward") is self:
+            del self.module.__dict__["forward"]
+
+
+@dataclass
+class SparseEngine:
+    """Every selection and patch of one model; `remove()` leaves a plain model with the trained weights."""
+
+    selections: dict[str, SparseSelection] = field(default_factory=dict)  # parameter name -> selection
+    patches: list[ModulePatch] = field(default_factory=list)
+    _owners: list[tuple[nn.Module, str]] = field(default_factory=list)
+    _hook: Any = None
+
+    def sync(self) -> None:
+        """Write every changed selection into its weight."""
+        for sel in self.selections.values():
+            sel.sync()
+
+    def module_fraction(self, module: nn.Module) -> float | None:
+        """Share of `module`'s weight gradient that backward forms (None: not patched)."""
+        for p in self.patches:
+            if p.module is module:
+                if p.weight_sel is not None:
+                    return p.weight_sel.weight_grad_fraction()
+                return 1.0 if getattr(module, "weight", None) is not None and module.weight.requires_grad else 0.0
+        return None
+
+    def remove(self) -> None:
+        """Write the last values, restore the forwards and unregister the selections (weights stay frozen)."""
+        self.sync()
+        for p in self.patches:
+            p.remove()
+        for owner, name in self._owners:
+            if name in owner._modules:
+                delattr(owner, name)
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+        self.patches.clear()
+        self._owners.clear()
+
+
+def _users(model: nn.Module, param: nn.Parameter) -> list[tuple[nn.Module, str]]:
+    """(module, attribute) of every module holding `param` directly (tied weights: several)."""
+    out = []
+    for m in model.modules():
+        for attr, p in m._parameters.items():
+            if p is param:
+                out.append((m, attr))
     return out
 
 
-def merge_sparse_deltas(module: nn.Module) -> None:
-    """Fold every SparseDelta of `module` into its dense weight (which stays frozen)."""
-    for name in list(sparse_deltas(module)):
-        parametrize.remove_parametrizations(module, name, leave_parametrized=True)
-        getattr(module, name).requires_grad_(False)
+def patch_problem(model: nn.Module, param: nn.Parameter) -> str | None:
+    """Why a partial selection of `param` cannot be trained in place (None when it can)."""
+    users = _users(model, param)
+    if not users:
+        return "the tensor belongs to no module of the model"
+    for m, attr in users:
+        if attr not in ("weight", "bias"):
+            return f"{type(m).__name__}.{attr} is neither a weight nor a bias"
+        reason = unsupported_reason(m)
+        if reason is not None:
+            return reason
+    return None
+
+
+def attach_sparse(model: nn.Module, targets: Iterable[tuple[str, torch.Tensor, str]]) -> SparseEngine:
+    """Make only the given entries trainable, in place: `targets` are (parameter name, indices,
+    granularity) with flat element or first-dimension row indices. Raises TypeError for a tensor
+    the engine cannot patch (check `patch_problem` first)."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    engine = SparseEngine()
+    by_module: dict[int, dict[str, SparseSelection]] = {}
+    modules: dict[int, nn.Module] = {}
+    for name, indices, granularity in targets:
+        param = params[name]
+        problem = patch_problem(model, param)
+        if problem is not None:
+            raise TypeError(f"{name}: {problem}")
+        if not param.is_contiguous():
+            with torch.no_grad():
+                param.data = param.data.contiguous()
+        param.requires_grad_(False)
+        sel = SparseSelection(param, indices, granularity)
+        owner, attr = _users(model, param)[0]
+        slot = f"sparse_{attr}"
+        owner.add_module(slot, sel)
+        engine._owners.append((owner, slot))
+        engine.selections[name] = sel
+        for m, a in _users(model, param):
+            by_module.setdefault(id(m), {})[a] = sel
+            modules[id(m)] = m
+    for key, sels in by_module.items():
+        patch = ModulePatch(modules[key], sels.get("weight"), sels.get("bias"))
+        patch.install()
+        engine.patches.append(patch)
+    ref = weakref.ref(engine)
+
+    def after_step(*_: Any) -> None:
+        live = ref()
+        if live is not None:
+            live.sync()
+
+    engine._hook = register_optimizer_step_post_hook(after_step)
+    return engine

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from blueprint_format.errors import BindingError, BlueprintError
-from reference_impl.apply import apply_blueprint, load_update, local_statistics
+from reference_impl.apply import apply_blueprint, load_update, local_statistics, selected_entries
 from reference_impl.model_binding import module_layout
 from tests.finetune.conftest import (
     TinyMLP,
@@ -54,10 +54,13 @@ def test_optimizer_state_only_for_selected_entries(mlp: TinyMLP, granularity: st
     # No parameter outside the handle gets optimizer state or a gradient buffer.
     assert all(p.grad is None for p in mlp.parameters() if not p.requires_grad)
     b = h.trainable_state_bytes(opt)
-    idx_bytes = sum(e.delta.indices.numel() * 4 for e in h.sparse)
-    assert b["parameters"] == 4 * h.selected_count + idx_bytes
+    sels = [e.selection for e in h.sparse]
+    idx_bytes = sum(s.indices.numel() * 4 + (s.row_ptr.numel() * 8 if s.row_ptr is not None else 0) for s in sels)
+    assert b["parameters"] == 4 * h.selected_count and b["indices"] == idx_bytes
+    assert b["gradients"] == 0  # _train zeroes them after the last step
     assert b["optimizer"] == 8 * h.selected_count + 4 * len(h.parameters())  # + AdamW's step scalars
-    assert all(e.delta.indices.dtype == torch.int32 for e in h.sparse)
+    assert b["total"] == b["parameters"] + b["indices"] + b["optimizer"]
+    assert all(s.indices.dtype == torch.int32 for s in sels)
 
 
 def test_unselected_weights_bit_identical_after_steps(mlp: TinyMLP) -> None:
@@ -66,7 +69,7 @@ def test_unselected_weights_bit_identical_after_steps(mlp: TinyMLP) -> None:
     h = apply_blueprint(mlp, bp, budget=0.25, granularity="element", local_batches=mlp_batches(3, 2),
                         loss_fn=mlp_loss)
     _train(mlp, h.parameters(), steps=4, wd=0.5)  # strong weight decay must not touch frozen entries
-    masks = {e.param_name: e.delta.dense_delta() != 0 for e in h.sparse}
+    masks = selected_entries(h)
     dense = set(h.dense)
     h.merge()
     after = mlp.state_dict()
@@ -118,11 +121,7 @@ def test_sparse_update_equals_masked_dense_update(mlp: TinyMLP) -> None:
     dense = copy.deepcopy(mlp)
     h = apply_blueprint(mlp, bp, budget=0.3, granularity="element", local_batches=mlp_batches(3, 2),
                         loss_fn=mlp_loss)
-    masks = {e.param_name: e.delta.dense_delta() == 0 for e in h.sparse}  # placeholder shape
-    masks = {n: torch.zeros_like(m) for n, m in masks.items()}
-    for e in h.sparse:
-        flat = masks[e.param_name].view(-1) if e.delta.granularity == "element" else masks[e.param_name]
-        flat[e.delta.indices.long()] = True
+    masks = selected_entries(h)
     batch = mlp_batches(11, 1)[0]
     lr = 0.1
     opt = torch.optim.SGD(h.parameters(), lr=lr)
@@ -194,7 +193,7 @@ def _codes(exc: BlueprintError) -> list[str]:
 def test_bad_budget(mlp: TinyMLP, budget: object) -> None:
     with pytest.raises(BlueprintError) as err:
         apply_blueprint(mlp, mlp_blueprint(mlp), budget=budget)  # type: ignore[arg-type]
-    assert _codes(err.value) == ["out-of-range"]
+    assert _codes(err.value) == ["usage-error"] and err.value.issues[0].path == "budget"
     assert all(p.requires_grad for p in mlp.parameters())  # nothing was changed
 
 
@@ -247,8 +246,7 @@ def test_blueprint_missing_model_modules(mlp: TinyMLP) -> None:
     mlp.ln.requires_grad_(True)
     with pytest.raises(BlueprintError) as err:
         apply_blueprint(mlp, bp, budget=0.5)
-    # A dedicated code is proposed; until the table has it, the closest existing one is used.
-    assert _codes(err.value) in (["model-module-not-in-blueprint"], ["module-not-in-model"])
+    assert _codes(err.value) == ["model-module-not-in-blueprint"]
     assert "lacks" in str(err.value)
 
 
@@ -273,7 +271,7 @@ def test_unsupported_module_type_for_element_granularity() -> None:
     bp = compute_blueprint(model, {"a": mlp_batches(0, 3)}, loss, device="cpu", min_examples_per_aggregate=1)
     with pytest.raises(BlueprintError) as err:
         apply_blueprint(model, bp, budget=0.5, granularity="element", local_batches=mlp_batches(1, 2), loss_fn=loss)
-    assert _codes(err.value) in (["unsupported-module"], ["wrong-type"])  # proposed code, or its fallback
+    assert _codes(err.value) == ["unsupported-module"]
     assert "Linear, Embedding and Conv" in str(err.value)
     h = apply_blueprint(model, bp, budget=0.8, granularity="module")  # whole modules are fine
     assert h.selected_count > 0
@@ -285,7 +283,7 @@ def test_element_granularity_needs_scores(mlp: TinyMLP) -> None:
     assert _codes(err.value) == ["missing-field"]
     with pytest.raises(BlueprintError) as err:
         apply_blueprint(mlp, mlp_blueprint(mlp), budget=0.3, granularity="block")
-    assert _codes(err.value) == ["bad-enum"]
+    assert _codes(err.value) == ["usage-error"] and err.value.issues[0].path == "granularity"
 
 
 def test_sidecar_scores_choose_the_same_entries_as_local_gradients(tmp_path, mlp: TinyMLP) -> None:
@@ -301,8 +299,8 @@ def test_sidecar_scores_choose_the_same_entries_as_local_gradients(tmp_path, mlp
         b = apply_blueprint(copy.deepcopy(mlp), bp, budget=0.3, granularity=gran, local_batches=batches,
                             loss_fn=mlp_loss, blend=1.0)
         assert a.selected_count > 0
-        assert {e.param_name: e.delta.indices.tolist() for e in a.sparse} == {
-            e.param_name: e.delta.indices.tolist() for e in b.sparse
+        assert {e.param_name: e.selection.indices.tolist() for e in a.sparse} == {
+            e.param_name: e.selection.indices.tolist() for e in b.sparse
         }
     (tmp_path / "scores.safetensors").write_bytes((tmp_path / "scores.safetensors").read_bytes() + b" ")
     with pytest.raises(BlueprintError) as err:

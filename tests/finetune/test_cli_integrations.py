@@ -93,7 +93,7 @@ def test_cli_finetune_end_to_end(setup: dict[str, Path], capsys: pytest.CaptureF
     else:
         assert summary["trainable_fraction"] == 1.0
     with safe_open(str(out / "update.safetensors"), framework="pt") as f:
-        assert f.metadata()["format"] == "gradient-blueprints-update/1"
+        assert f.metadata()["format"] == "gradient-blueprints-update/2"
     # The update loads onto the base model and changes its outputs.
     base = AutoModelForSequenceClassification.from_pretrained(setup["model"], num_labels=2)
     x = bert_batches(3, 1)[0]
@@ -109,8 +109,8 @@ def test_cli_bad_budget_and_mismatch(setup: dict[str, Path], capsys: pytest.Capt
 
     common = ["finetune", "--model", str(setup["model"]), "--train", str(setup["train"]), "--eval",
               str(setup["eval"]), "--quiet", "-o", str(setup["tmp"] / "o")]
-    assert main([*common, "--blueprint", str(setup["bp"]), "--budget", "1.5"]) == 1
-    assert "out-of-range" in capsys.readouterr().err
+    assert main([*common, "--blueprint", str(setup["bp"]), "--budget", "1.5"]) == 2
+    assert "usage-error" in capsys.readouterr().err
     other = json.loads(setup["bp"].read_text())
     other["model"]["structure_digest"] = "sha256:" + "1" * 64
     (setup["tmp"] / "other.json").write_text(json.dumps(other))
