@@ -22,7 +22,7 @@ from blueprint_format._version import SPEC_VERSION, __version__
 from blueprint_format.errors import ERROR_CODES, BlueprintError, BlueprintIOError, Issue, make_error
 
 #: Modules that add subcommands. Missing ones (optional parts not installed) are skipped.
-PLUGINS = ("converters.cli", "reference_impl.cli", "reference_impl.finetune_cli", "reference_impl.select_cli")
+PLUGINS = ("converters.cli", "reference_impl.compute_cli", "reference_impl.finetune_cli", "reference_impl.select_cli")
 #: Plugin commands known up front, so `--help` lists them and `blueprint validate` never imports
 #: a plugin (importing reference_impl costs seconds of torch start-up).
 PLUGIN_COMMANDS: dict[str, tuple[str, str]] = {
@@ -31,7 +31,7 @@ PLUGIN_COMMANDS: dict[str, tuple[str, str]] = {
     "strip": ("converters.cli", "remove the blueprint from a model file, card or folder"),
     "push": ("converters.cli", "upload a model folder's blueprint and card to the Hugging Face Hub"),
     "pull": ("converters.cli", "fetch a Hub repository's blueprint"),
-    "compute": ("reference_impl.cli", "compute a blueprint from a model and calibration data (needs torch)"),
+    "compute": ("reference_impl.compute_cli", "compute a blueprint from a model and calibration data (needs torch)"),
     "finetune": ("reference_impl.finetune_cli", "fine-tune only what a blueprint recommends (needs torch)"),
     "select-data": (
         "reference_impl.select_cli",
@@ -172,7 +172,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _missing_plugin(args: argparse.Namespace) -> int:
     module = PLUGIN_COMMANDS[args.command][0]
-    extra = {"reference_impl.cli": "compute", "reference_impl.select_cli": "compute"}.get(module, "all")
+    extra = {"reference_impl.compute_cli": "compute", "reference_impl.select_cli": "compute"}.get(module, "all")
     print(
         f"error: `blueprint {args.command}` is not available here (module {module} is missing or has no such "
         f"command); install the optional parts: pip install -c constraints.txt 'gradient-blueprints[{extra}]'",
@@ -266,7 +266,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `blueprint` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(_plugins_for(argv))
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage-error argparse already printed
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     handler = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()

@@ -29,6 +29,7 @@ import typing
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from blueprint_format.errors import UsageError, usage_error
@@ -213,6 +214,18 @@ def check_weight_names(weights: Mapping[str, float] | None, names: Sequence[str]
                           f"(domains: {', '.join(names)})")
 
 
+def check_output_paths(*paths: Path) -> None:
+    """Refuse outputs that cannot be written, before any work: a missing folder (io-error), or
+    a FIFO, device, symlink or folder in the file's place (not-a-regular-file); exit 2."""
+    from blueprint_format.errors import BlueprintIOError, make_error
+    from blueprint_format.paths import require_output_target
+
+    for path in paths:
+        if str(path.parent) and not path.parent.is_dir():
+            raise BlueprintIOError(make_error("io-error", f"cannot write {path}: the folder {path.parent} does not exist"))
+        require_output_target(path)
+
+
 def check_device(device: str) -> None:
     """Refuse `--device cuda` without a CUDA device (before any model is loaded). Imports torch."""
     import torch
@@ -237,8 +250,10 @@ def _library_switches(quiet: bool) -> None:
         else:
             hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
     if "huggingface_hub" in sys.modules:
-        import huggingface_hub.utils.tqdm as hub_tqdm
+        import importlib
 
+        # The submodule, not the `tqdm` class that huggingface_hub.utils re-exports under that name.
+        hub_tqdm = importlib.import_module("huggingface_hub.utils.tqdm")
         if quiet:
             hub_tqdm.disable_progress_bars()
         else:

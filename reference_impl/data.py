@@ -17,9 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from blueprint_format.limits import MAX_SAFE_INTEGER
+from blueprint_format.models import NAME_PATTERN
 from reference_impl.errors import input_error
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NAME_RE = re.compile(NAME_PATTERN)
 #: Calibration files larger than this are refused before reading (they would not fit a blueprint run).
 MAX_DATA_BYTES = 2 * 1024**3
 
@@ -47,20 +49,27 @@ def parse_data_arg(arg: str) -> tuple[str, Path]:
     path = Path(arg)
     name = path.stem
     if not NAME_RE.match(name):
-        raise input_error(
-            "bad-name",
-            f"cannot use {name!r} (from {arg}) as a domain name; give one as DOMAIN=FILE "
+        from blueprint_format.errors import usage_error
+
+        raise usage_error(
+            f"--data {arg}: cannot use {name!r} as a domain name; give one as DOMAIN=FILE "
             "(letters, digits, '_', '-', '.', at most 64)",
+            "--data",
         )
     return name, path
 
 
 def read_examples(path: str | Path) -> list[Example]:
-    """Examples of a .txt or .jsonl file. Raises ComputeInputError for unreadable, non-UTF-8 or empty files."""
+    """Examples of a .txt or .jsonl file. Raises ComputeInputError for unreadable, non-UTF-8 or
+    empty files, and BlueprintIOError (not-a-regular-file) for a FIFO, device or folder, which is
+    refused before it is opened (reading a FIFO would block)."""
+    from blueprint_format.paths import require_regular_input
+
     p = Path(path)
     suffix = p.suffix.lower()
     if suffix not in (".txt", ".jsonl"):
         raise input_error("io-error", f"{p}: calibration data must be a .txt or .jsonl file")
+    require_regular_input(p)
     try:
         size = p.stat().st_size
         if size > MAX_DATA_BYTES:
@@ -84,15 +93,10 @@ def read_examples(path: str | Path) -> list[Example]:
         if suffix == ".txt":
             examples.append(Example(line))
             continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise input_error("parse-error", f"{p}: line {lineno}: not JSON ({exc.msg})") from None
+        obj = _json_line(line, f"{p}: line {lineno}")
         if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
             raise input_error("missing-field", f"{p}: line {lineno}: expected an object with a string `text`")
-        label = obj.get("label")
-        if label is not None and (isinstance(label, bool) or not isinstance(label, (int, str))):
-            raise input_error("wrong-type", f"{p}: line {lineno}: `label` must be an integer or a string")
+        label = _label(obj.get("label"), f"{p}: line {lineno}")
         pair = obj.get("pair")
         if pair is not None and not isinstance(pair, str):
             raise input_error("wrong-type", f"{p}: line {lineno}: `pair` must be a string")
@@ -100,6 +104,32 @@ def read_examples(path: str | Path) -> list[Example]:
     if not examples:
         raise input_error("empty-document", f"{p}: no examples (the file is empty or blank)")
     return examples
+
+
+def _json_line(line: str, where: str) -> Any:
+    """One .jsonl line parsed; refuses malformed JSON (parse-error), nesting deeper than the
+    parser's recursion limit (too-deep: the C parser stops cleanly with RecursionError) and
+    integers longer than Python converts (parse-error)."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise input_error("parse-error", f"{where}: not JSON ({exc.msg})") from None
+    except RecursionError:
+        raise input_error("too-deep", f"{where}: nested too deeply for an example") from None
+    except ValueError as exc:  # e.g. an integer beyond Python's 4,300-digit conversion limit
+        reason = str(exc).split(";")[0][:120]
+        raise input_error("parse-error", f"{where}: not JSON this reader accepts ({reason})") from None
+
+
+def _label(label: Any, where: str) -> int | str | None:
+    """A `label`: absent, a string, or an integer in [0, 2**53 - 1]."""
+    if label is None or isinstance(label, str):
+        return label
+    if isinstance(label, bool) or not isinstance(label, int):
+        raise input_error("wrong-type", f"{where}: `label` must be an integer or a string")
+    if not 0 <= label <= MAX_SAFE_INTEGER:
+        raise input_error("out-of-range", f"{where}: an integer `label` must lie in [0, {MAX_SAFE_INTEGER}]")
+    return label
 
 
 def select_examples(

@@ -1,17 +1,26 @@
 """Errors raised by the reference implementation for bad input or refused computations.
 
-Every error carries a code from `blueprint_format.errors.ERROR_CODES`. Where the table has no
-dedicated code yet, `_code` falls back to the closest existing one, so that the CLI prints a
-registered code either way.
+Every error carries a code registered in `blueprint_format.errors.ERROR_CODES` (an unregistered
+code is a bug and raises at once). The exit status follows the project's convention: 2 when a
+file cannot be read or written or a flag is wrong (codes of the `io` and `usage` layers, and
+`write-failed`), 1 when the content of a file (data, model, blueprint) is refused or the
+computation fails on it.
 """
 
 from __future__ import annotations
 
-from blueprint_format.errors import ERROR_CODES, BlueprintError, BlueprintIOError, Issue, make_error
+from blueprint_format.errors import ERROR_CODES, BlueprintError, Issue, make_error
+
+#: Codes that blame the file system or the command line rather than a file's content.
+_EXIT_2_LAYERS = frozenset({"io", "usage"})
+_EXIT_2_CODES = frozenset({"write-failed"})
 
 
-def _code(preferred: str, fallback: str) -> str:
-    return preferred if preferred in ERROR_CODES else fallback
+def exit_status_of(code: str) -> int:
+    """2 for a file that cannot be read or written or a flag mistake, 1 for refused content."""
+    if code in _EXIT_2_CODES or ERROR_CODES[code].layer in _EXIT_2_LAYERS:
+        return 2
+    return 1
 
 
 class ComputeError(BlueprintError):
@@ -20,22 +29,20 @@ class ComputeError(BlueprintError):
     exit_status = 1
 
 
-class ComputeInputError(BlueprintIOError):
-    """The model folder or the calibration data cannot be used (missing, empty, not UTF-8...). Exit 2."""
+class ComputeInputError(BlueprintError):
+    """The model folder or the data cannot be used: exit 1 for refused content (not UTF-8,
+    empty, too few examples, custom code), exit 2 when the file cannot be read at all."""
 
-    exit_status = 2
-
-
-def input_error(code: str, message: str, path: str = "", fallback: str = "io-error") -> ComputeInputError:
-    """A ComputeInputError with one issue."""
-    return ComputeInputError(make_error(_code(code, fallback), message, path))
+    def __init__(self, issues: list[Issue] | Issue) -> None:
+        super().__init__(issues)
+        self.exit_status = exit_status_of(self.code)
 
 
-def compute_error(code: str, message: str, path: str = "", fallback: str = "inconsistent-statistics") -> ComputeError:
-    """A ComputeError with one issue."""
-    return ComputeError(make_error(_code(code, fallback), message, path))
+def input_error(code: str, message: str, path: str = "", fallback: str | None = None) -> ComputeInputError:
+    """A ComputeInputError with one issue. (`fallback` is ignored; it goes once no caller passes it.)"""
+    return ComputeInputError(make_error(code, message, path))
 
 
-def issue(code: str, message: str, path: str = "", fallback: str = "io-error") -> Issue:
-    """An error Issue whose code falls back to a registered one."""
-    return make_error(_code(code, fallback), message, path)
+def compute_error(code: str, message: str, path: str = "", fallback: str | None = None) -> ComputeError:
+    """A ComputeError with one issue. (`fallback` is ignored; it goes once no caller passes it.)"""
+    return ComputeError(make_error(code, message, path))

@@ -1,7 +1,9 @@
 """`blueprint select-data`: keep the training examples with the largest per-example gradient norms.
 
-Imports only argparse and the standard library at module level; torch and transformers are
-imported inside the handler (and not at all when selecting from a saved scores file).
+The flags become a `SelectConfig`, checked before any file is read (usage-error, exit 2). The
+pool is read and checked before a model is loaded; torch and transformers are not imported at
+all when selecting from a saved scores file. Every output is written atomically, and only after
+everything was computed.
 """
 
 from __future__ import annotations
@@ -9,29 +11,43 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from blueprint_format.models import NAME_PATTERN, Direction
+from reference_impl.cli_common import (
+    DEVICES,
+    add_options,
+    command_parser,
+    quiet_output,
+    usage_from_config,
+)
+from reference_impl.config import choice, config_error, finite_float, fraction, positive_int
+
+DIRECTIONS: tuple[str, ...] = typing.get_args(Direction)
+#: Tasks whose per-example losses ghost norms can score.
+SELECT_LOSSES = ("auto", "causal-lm", "sequence-classification")
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add the `select-data` subcommand."""
-    p = subparsers.add_parser(
-        "select-data",
-        help="keep the training examples with the largest gradient norms (needs torch)",
-        description=(
-            "Score each example by the L2 norm of the gradient of its own loss (the model's loss for that "
-            "example alone, padding excluded) over all trainable modules, or over the modules a blueprint "
-            "selects, in one forward and backward pass per batch (ghost norms); keep the highest-scoring "
-            "fraction (or the lowest with --direction lowest). --drop-top F first discards the top F of the "
-            "pool as outliers (very large norms are often mislabelled or garbled examples). Selected "
-            "examples are written in input order, as their original lines."
-        ),
-        epilog="Exit status: 0 ok, 1 refused input (non-finite scores, scores of another model), 2 usage/I-O.",
+    """Add the `select-data` command."""
+    p = command_parser(
+        subparsers, "select-data",
+        "Score each example by the L2 norm of the gradient of its own loss (the model's loss for that "
+        "example alone, padding excluded) over all trainable modules, or over the modules a blueprint "
+        "selects, in one forward and backward pass per batch (ghost norms); keep the highest-scoring "
+        "fraction (or the lowest with --direction lowest). --drop-top F first discards the top F of the "
+        "pool as outliers (very large norms are often mislabelled or garbled examples). Selected "
+        "examples are written in input order, as their original lines.",
+        "Exit status: 0 ok, 1 refused input (bad data, non-finite scores, scores of another model), "
+        "2 usage or I/O error.",
     )
-    p.add_argument("--model", required=True, metavar="PATH", help="local Hugging Face model folder (safetensors)")
+    add_options(p, "model", "trust_remote_code")
     p.add_argument("--data", required=True, metavar="FILE", help=".txt (one example per line) or .jsonl (text, label)")
     p.add_argument("--fraction", required=True, type=float, metavar="Q", help="share of the pool to keep, in (0, 1]")
-    p.add_argument("-o", "--output", required=True, metavar="OUT", help="selected examples (.jsonl or .txt)")
+    add_options(p, "output", overrides={"output": {"help": "selected examples (.jsonl or .txt)"}})
     p.add_argument("--blueprint", default=None, metavar="FILE", help="score only the modules this blueprint selects")
     p.add_argument(
         "--scores", default=None, metavar="FILE",
@@ -43,23 +59,99 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="select from a scores file written earlier for this model and data (refused if it scores another model)",
     )
     p.add_argument("--drop-top", type=float, default=0.0, metavar="F", help="discard the top F of the pool first")
-    p.add_argument("--direction", choices=("highest", "lowest"), default="highest")
+    p.add_argument("--direction", choices=DIRECTIONS, default="highest")
     p.add_argument(
         "--balance-labels", action="store_true",
         help="select within each `label` (.jsonl), keeping every label's share of the pool; advised for "
         "classification with a new head, whose gradient norms favour one class",
     )
-    p.add_argument("--batch-size", type=int, default=16, metavar="N")
-    p.add_argument("--seq-len", type=int, default=128, metavar="N", help="truncate examples to N tokens")
-    p.add_argument("--loss", default="auto", choices=("auto", "causal-lm", "sequence-classification"))
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    add_options(p, "batch_size", "seq_len", "device", "quiet", overrides={"seq_len": {"default": 128}})
+    p.add_argument("--loss", default="auto", choices=SELECT_LOSSES)
     p.add_argument("--domain", default=None, metavar="NAME", help="declared domain the pool belongs to (summary)")
     p.add_argument(
         "--update-blueprint", default=None, metavar="OUT",
         help="write --blueprint with its data_selection summary (aggregates only) to OUT",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
     p.set_defaults(handler=cmd_select_data)
+
+
+@dataclass(frozen=True)
+class SelectConfig:
+    """Everything `select-data` does, validated once (ConfigError located at the field).
+
+    Inputs: `model` (folder), `data` (.txt/.jsonl pool), `blueprint` (restrict scoring to the
+    modules it selects), `from_scores` (select from an earlier scores file instead of scoring).
+    Selection: keep `fraction` of the pool in `direction`, after dropping the top `drop_top`;
+    `balance_labels` keeps every label's share. Scoring: `batch_size`, `seq_len`, `loss`,
+    `device`. Outputs: `output` (selected lines), `scores`, `update_blueprint` (the blueprint
+    with its data_selection summary for `domain`).
+    """
+
+    model: Path
+    data: Path
+    output: Path
+    fraction: float
+    drop_top: float = 0.0
+    direction: str = "highest"
+    blueprint: Path | None = None
+    scores: Path | None = None
+    from_scores: Path | None = None
+    update_blueprint: Path | None = None
+    domain: str | None = None
+    balance_labels: bool = False
+    batch_size: int = 16
+    seq_len: int = 128
+    loss: str = "auto"
+    device: str = "auto"
+    trust_remote_code: bool = False
+    quiet: bool = False
+
+    def __post_init__(self) -> None:
+        import re
+
+        fraction("fraction", self.fraction)
+        finite_float("drop_top", self.drop_top, minimum=0.0)
+        if not self.drop_top < 1.0:
+            raise config_error("drop_top", f"drop_top must be < 1, got {self.drop_top:g}")
+        if self.fraction + self.drop_top > 1 + 1e-9:
+            raise config_error("drop_top", f"drop_top {self.drop_top:g} + fraction {self.fraction:g} exceeds 1: "
+                                           "not enough examples would remain")
+        choice("direction", self.direction, DIRECTIONS)
+        choice("loss", self.loss, SELECT_LOSSES)
+        choice("device", self.device, DEVICES)
+        positive_int("batch_size", self.batch_size)
+        positive_int("seq_len", self.seq_len)
+        if self.update_blueprint is not None and self.blueprint is None:
+            raise config_error("update_blueprint", "update_blueprint needs blueprint (--blueprint FILE)")
+        if self.from_scores is not None and self.scores is not None:
+            raise config_error("from_scores", "from_scores and scores exclude each other (--scores, --from-scores)")
+        if self.domain is not None and not re.match(NAME_PATTERN, self.domain):
+            raise config_error("domain", f"domain {self.domain!r} is not a domain name")
+
+    @property
+    def outputs(self) -> list[Path]:
+        """Every file this run writes."""
+        return [p for p in (self.output, self.scores, self.update_blueprint) if p is not None]
+
+
+def config_from_flags(args: argparse.Namespace) -> SelectConfig:
+    """The SelectConfig of the command line; a bad flag is a usage-error naming it."""
+    from reference_impl.cli_common import check_output_paths
+
+    def path(value: str | None) -> Path | None:
+        return Path(value) if value else None
+
+    with usage_from_config():
+        cfg = SelectConfig(
+            model=Path(args.model), data=Path(args.data), output=Path(args.output), fraction=args.fraction,
+            drop_top=args.drop_top, direction=args.direction, blueprint=path(args.blueprint),
+            scores=path(args.scores), from_scores=path(args.from_scores),
+            update_blueprint=path(args.update_blueprint), domain=args.domain, balance_labels=args.balance_labels,
+            batch_size=args.batch_size, seq_len=args.seq_len, loss=args.loss, device=args.device,
+            trust_remote_code=args.trust_remote_code, quiet=args.quiet,
+        )
+    check_output_paths(*cfg.outputs)
+    return cfg
 
 
 def _original_lines(path: Path) -> list[str]:
@@ -91,136 +183,143 @@ def _max_length(model: Any, tokenizer: Any, seq_len: int) -> int:
     return limit
 
 
-def cmd_select_data(args: argparse.Namespace) -> int:
-    """Handler of `blueprint select-data`."""
+@dataclass
+class _Pool:
+    """The examples to select from, their original lines and the digests that bind scores."""
+
+    examples: list[Any]
+    lines: list[str]
+    structure_digest: str
+    data_digest: str
+
+
+def _read_pool(cfg: SelectConfig) -> _Pool:
+    """Read the data and the model folder's tensor inventory (no model is loaded)."""
     from blueprint_format.binding import structure_digest
     from reference_impl.data import read_examples
-    from reference_impl.data_selection import (
-        METHOD,
-        check_fraction,
-        read_scores,
-        select_indices,
-        selection_summary,
-        write_scores,
-    )
-    from reference_impl.errors import compute_error, input_error
+    from reference_impl.data_selection import data_fingerprint
+    from reference_impl.errors import compute_error
+    from reference_impl.model_loading import model_folder_tensors
 
-    check_fraction(args.fraction, args.drop_top)
-    for flag, value in (("--batch-size", args.batch_size), ("--seq-len", args.seq_len)):
-        if value < 1:
-            raise input_error("out-of-range", f"{flag} must be at least 1")
-    if args.update_blueprint and not args.blueprint:
-        raise input_error("missing-field", "--update-blueprint needs --blueprint FILE")
-    if args.from_scores and args.scores:
-        raise input_error("io-error", "--scores and --from-scores exclude each other")
-    out = Path(args.output)
-    targets = [Path(x) for x in (args.output, args.scores, args.update_blueprint) if x]
-    for t in targets:
-        if str(t.parent) and not t.parent.exists():
-            raise input_error("io-error", f"{t.parent}: the output folder does not exist")
-    data = Path(args.data)
-    examples = read_examples(data)  # bad data fails before a model is loaded
-    lines = _original_lines(data)
+    examples = read_examples(cfg.data)  # bad data fails before a model is loaded
+    lines = _original_lines(cfg.data)
     if len(lines) != len(examples):  # a bug, not input: the two readers must agree
         raise compute_error("inconsistent-statistics", "example count mismatch between readers")
+    digest = structure_digest(model_folder_tensors(cfg.model))
+    return _Pool(examples, lines, digest, data_fingerprint(e.fingerprint_text for e in examples))
 
-    from reference_impl.cli import model_folder_tensors
 
-    model_path = Path(args.model)
-    tensors = model_folder_tensors(model_path)
-    digest = structure_digest(tensors)
+def _load_blueprint(cfg: SelectConfig, n_examples: int) -> Any:
+    """The --blueprint, bound to the model; None without one."""
+    if cfg.blueprint is None:
+        return None
+    import blueprint_format as bf
+    from reference_impl.cli_common import usage
+    from reference_impl.errors import compute_error, input_error
+    from reference_impl.model_loading import model_folder_tensors
 
-    bp = None
-    if args.blueprint:
-        import blueprint_format as bf
+    bp = bf.load(cfg.blueprint)
+    issues = bf.check_binding(bp, model_folder_tensors(cfg.model))
+    if issues:
+        first = issues[0]
+        raise compute_error(first.code, f"{cfg.blueprint} does not bind to {cfg.model}: {first.message}")
+    declared = [d.name for d in bp.domains]
+    if cfg.domain is not None and cfg.domain not in declared:
+        raise usage("--domain", f"--domain {cfg.domain!r} is not declared by the blueprint {declared}")
+    if cfg.update_blueprint and n_examples < bp.method.min_examples_per_aggregate:
+        raise input_error(
+            "aggregate-too-small",
+            f"{n_examples} examples: a published data-selection summary needs at least "
+            f"{bp.method.min_examples_per_aggregate} (the blueprint's min_examples_per_aggregate)",
+        )
+    return bp
 
-        bp = bf.load(args.blueprint)
-        issues = bf.check_binding(bp, tensors)
-        if issues:
-            first = issues[0]
-            raise compute_error(first.code, f"{args.blueprint} does not bind to {model_path}: {first.message}")
-        declared = [d.name for d in bp.domains]
-        if args.domain is not None and args.domain not in declared:
-            raise input_error("unknown-domain", f"--domain {args.domain!r} is not declared by the blueprint {declared}")
-        if args.update_blueprint and len(examples) < bp.method.min_examples_per_aggregate:
-            raise input_error(
-                "aggregate-too-small",
-                f"{len(examples)} examples: a published data-selection summary needs at least "
-                f"{bp.method.min_examples_per_aggregate} (the blueprint's min_examples_per_aggregate)",
-            )
 
-    from reference_impl.data_selection import data_fingerprint, modules_digest
+def _pool_scores(cfg: SelectConfig, pool: _Pool, bp: Any) -> tuple[list[float], str]:
+    """(score per example, modules digest): read from --from-scores, else computed."""
+    if cfg.from_scores is None:
+        return _score(cfg, pool.examples, bp)
+    from blueprint_format.paths import require_regular_input
+    from reference_impl.data_selection import modules_digest, read_scores
 
-    ddigest = data_fingerprint(e.fingerprint_text for e in examples)
+    require_regular_input(cfg.from_scores)
+    wanted = "all"
+    if bp is not None:
+        wanted = modules_digest([m.name for m in bp.modules if m.k_star is not None])
+    return read_scores(cfg.from_scores, pool.structure_digest, len(pool.examples), wanted, pool.data_digest), wanted
 
-    if args.from_scores:
-        wanted_modules = None
-        if bp is not None:
-            wanted_modules = modules_digest([m.name for m in bp.modules if m.k_star is not None])
-        scores = read_scores(args.from_scores, digest, len(examples), wanted_modules or "all", ddigest)
-        mdigest = wanted_modules or "all"
-    else:
-        scores, mdigest = _score(args, examples, bp, model_path)
+
+def _selection(cfg: SelectConfig, pool: _Pool, scores: list[float]) -> tuple[list[int], dict[str, Any]]:
+    """The kept indices (input order) and the data_selection summary."""
+    from reference_impl.data_selection import METHOD, select_indices, selection_summary
+    from reference_impl.errors import input_error
 
     labels = None
-    if args.balance_labels:
-        labels = [e.label for e in examples]
+    if cfg.balance_labels:
+        labels = [e.label for e in pool.examples]
         if any(y is None for y in labels):
             raise input_error("missing-field", "--balance-labels needs a `label` on every example (.jsonl)")
-    keep = select_indices(scores, args.fraction, args.direction, args.drop_top, labels)
+    keep = select_indices(scores, cfg.fraction, cfg.direction, cfg.drop_top, labels)
     method = METHOD + ("-label-balanced" if labels is not None else "")
-    summary = selection_summary(scores, args.fraction, args.direction, args.drop_top, len(keep), args.domain, method)
-    new_bp = None
-    if args.update_blueprint and bp is not None:
-        import blueprint_format as bf
-        from blueprint_format.models import DataSelection
+    summary = selection_summary(scores, cfg.fraction, cfg.direction, cfg.drop_top, len(keep), cfg.domain, method)
+    return keep, summary
 
-        new_bp = bp.model_copy(update={"data_selection": DataSelection.model_validate(summary)})
-        problems = [i for i in bf.validate(new_bp) if i.is_error]
-        if problems:
-            raise compute_error(problems[0].code, f"the updated blueprint is invalid: {problems[0].message}")
 
-    # Everything is computed: now write, each file atomically.
-    from blueprint_format.atomic import atomic_write_bytes
+def _updated_blueprint(bp: Any, summary: dict[str, Any]) -> Any:
+    """`bp` with its data_selection summary, validated."""
+    import blueprint_format as bf
+    from blueprint_format.models import DataSelection
+    from reference_impl.errors import compute_error
 
-    if args.scores:
-        write_scores(args.scores, scores, digest, mdigest, data_digest_=ddigest)
-    try:
-        atomic_write_bytes(out, _output_bytes(lines, keep, data, out))
-    except OSError as exc:
-        raise input_error("write-failed", f"cannot write {out}: {exc.strerror or exc}") from None
-    if new_bp is not None:
-        import blueprint_format as bf
+    new_bp = bp.model_copy(update={"data_selection": DataSelection.model_validate(summary)})
+    problems = [i for i in bf.validate(new_bp) if i.is_error]
+    if problems:
+        raise compute_error(problems[0].code, f"the updated blueprint is invalid: {problems[0].message}")
+    return new_bp
 
-        bf.dump(new_bp, args.update_blueprint, indent=2)
-    if not args.quiet:
+
+def cmd_select_data(args: argparse.Namespace) -> int:
+    """Handler of `blueprint select-data`."""
+    cfg = config_from_flags(args)
+    with quiet_output(cfg.quiet):
+        pool = _read_pool(cfg)
+        bp = _load_blueprint(cfg, len(pool.examples))
+        scores, mdigest = _pool_scores(cfg, pool, bp)
+        keep, summary = _selection(cfg, pool, scores)
+        new_bp = _updated_blueprint(bp, summary) if cfg.update_blueprint and bp is not None else None
+        _write(cfg, pool, scores, mdigest, keep, new_bp)
+    if not cfg.quiet:
         q = summary["score_quantiles"]
+        dropped = f", top {cfg.drop_top} dropped" if cfg.drop_top else ""
         print(
-            f"kept {len(keep)} of {len(scores)} examples ({args.direction} gradient norms"
-            f"{', top ' + str(args.drop_top) + ' dropped' if args.drop_top else ''}); score p10/p50/p90 = "
-            f"{q['p10']:.4g}/{q['p50']:.4g}/{q['p90']:.4g}; wrote {out}",
+            f"kept {len(keep)} of {len(scores)} examples ({cfg.direction} gradient norms{dropped}); score "
+            f"p10/p50/p90 = {q['p10']:.4g}/{q['p50']:.4g}/{q['p90']:.4g}; wrote {cfg.output}",
             file=sys.stderr,
         )
     return 0
 
 
-def _score(args: argparse.Namespace, examples: list[Any], bp: Any, model_path: Path) -> tuple[list[float], str]:
-    """Load the model and score every example; (scores, modules digest)."""
-    import torch
-
-    from reference_impl.cli import _load_model
-    from reference_impl.compute import resolve_device
-    from reference_impl.data import make_batches
-    from reference_impl.data_selection import blueprint_selected_modules, score_batches
+def _write(cfg: SelectConfig, pool: _Pool, scores: list[float], mdigest: str, keep: list[int], new_bp: Any) -> None:
+    """Write every output, each atomically (everything was computed before)."""
+    import blueprint_format as bf
+    from blueprint_format.atomic import atomic_write_bytes
+    from reference_impl.data_selection import write_scores
     from reference_impl.errors import input_error
-    from reference_impl.ghost_norms import default_per_example_loss
 
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise input_error("io-error", "--device cuda: no CUDA device is available")
-    model, tokenizer, task = _load_model(model_path, args.loss, "fp32")
-    if task not in ("causal-lm", "sequence-classification"):
-        raise input_error("bad-enum", f"select-data scores causal-LM and sequence-classification models, not {task}")
-    limit = _max_length(model, tokenizer, args.seq_len)
+    if cfg.scores is not None:
+        write_scores(cfg.scores, scores, pool.structure_digest, mdigest, data_digest_=pool.data_digest)
+    try:
+        atomic_write_bytes(cfg.output, _output_bytes(pool.lines, keep, cfg.data, cfg.output))
+    except OSError as exc:
+        raise input_error("write-failed", f"cannot write {cfg.output}: {exc.strerror or exc}") from None
+    if new_bp is not None and cfg.update_blueprint is not None:
+        bf.dump(new_bp, cfg.update_blueprint, indent=2)
+
+
+def _warn_truncated(examples: list[Any], tokenizer: Any, limit: int, quiet: bool) -> None:
+    """Say how many examples are longer than `limit` tokens (they are truncated)."""
+    if quiet:
+        return
     lengths = [len(ids) for ids in tokenizer([e.text for e in examples], truncation=False, verbose=False)["input_ids"]]
     long = [i for i, n in enumerate(lengths) if n > limit]
     if long:
@@ -229,24 +328,40 @@ def _score(args: argparse.Namespace, examples: list[Any], bp: Any, model_path: P
             f"(first: example {long[0]}, {lengths[long[0]]} tokens)",
             file=sys.stderr,
         )
-    device = resolve_device(args.device)
+
+
+def _score(cfg: SelectConfig, examples: list[Any], bp: Any) -> tuple[list[float], str]:
+    """Load the model and score every example; (scores, modules digest)."""
+    from reference_impl.cli_common import check_device, usage
+    from reference_impl.compute import resolve_device
+    from reference_impl.data import make_batches
+    from reference_impl.data_selection import blueprint_selected_modules, score_batches
+    from reference_impl.ghost_norms import default_per_example_loss
+    from reference_impl.model_loading import load_model
+
+    check_device(cfg.device)
+    loaded = load_model(cfg.model, cfg.loss, "fp32", cfg.trust_remote_code)
+    if loaded.task not in SELECT_LOSSES:
+        raise usage("--loss", f"select-data scores causal-LM and sequence-classification models, not {loaded.task}; "
+                              "pass --loss causal-lm or sequence-classification")
+    model, tokenizer = loaded.model, loaded.tokenizer
+    limit = _max_length(model, tokenizer, cfg.seq_len)
+    _warn_truncated(examples, tokenizer, limit, cfg.quiet)
+    device = resolve_device(cfg.device)
     model.to(device)
-    batches = make_batches(examples, tokenizer, model, task, args.batch_size, limit, where=str(args.data))
-    modules = blueprint_selected_modules(bp, model, model_path) if bp is not None else None
+    batches = make_batches(examples, tokenizer, model, loaded.task, cfg.batch_size, limit, where=str(cfg.data))
+    modules = blueprint_selected_modules(bp, model, cfg.model) if bp is not None else None
     loss_fn, _ = default_per_example_loss(model)
     bar = None
-    if not args.quiet:
-        try:
-            from tqdm import tqdm
+    if not cfg.quiet:
+        from tqdm import tqdm
 
-            bar = tqdm(total=len(examples), desc="scoring", unit="ex", file=sys.stderr)
-        except ImportError:
-            bar = None
+        bar = tqdm(total=len(examples), desc="scoring", unit="ex", file=sys.stderr)
     try:
         res = score_batches(model, batches, loss_fn, modules, device=device, progress=bar)
     finally:
         if bar is not None:
             bar.close()
-    if res.unsupported:
+    if res.unsupported and not cfg.quiet:
         print(f"warning: modules left out of the scores: {sorted(res.unsupported)[:5]}", file=sys.stderr)
     return res.scores, res.modules_digest

@@ -10,6 +10,7 @@ import pytest
 
 import blueprint_format as bf
 from blueprint_format.cli import main
+from blueprint_format.errors import UsageError
 from reference_impl import ComputeInputError
 from reference_impl.data import Example, parse_data_arg, read_examples, select_examples
 from tests.compute.hf_folders import make_folder
@@ -18,9 +19,9 @@ from tests.compute.hf_folders import make_folder
 def test_parse_data_arg(tmp_path: Path) -> None:
     assert parse_data_arg("news=/x/a.txt") == ("news", Path("/x/a.txt"))
     assert parse_data_arg("/x/chat.v2.txt") == ("chat.v2", Path("/x/chat.v2.txt"))
-    with pytest.raises(ComputeInputError) as info:
+    with pytest.raises(UsageError) as info:  # the flag's value is at fault: usage-error at --data
         parse_data_arg("/x/has space.txt")
-    assert info.value.code == "bad-name"
+    assert info.value.code == "usage-error" and info.value.issues[0].path == "--data"
 
 
 def test_read_jsonl_and_txt(tmp_path: Path) -> None:

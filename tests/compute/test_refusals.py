@@ -49,7 +49,7 @@ def test_out_of_memory_is_reported(tiny_net: TinyNet) -> None:
 def test_too_few_examples_and_bad_weights(tiny_net: TinyNet) -> None:
     with pytest.raises(ComputeInputError) as info:
         compute_blueprint(tiny_net, {"a": tiny_batches(1, 3)}, tiny_loss)  # 24 examples < 32
-    assert info.value.code == "aggregate-too-small" and info.value.exit_status == 2
+    assert info.value.code == "aggregate-too-small" and info.value.exit_status == 1  # refused content
     with pytest.raises(ConfigError) as bad:  # an argument mistake: usage-error located at the setting
         compute_blueprint(tiny_net, {"a": tiny_batches(1, 5)}, tiny_loss, domain_weights={"zzz": 1.0})
     assert bad.value.code == "usage-error" and bad.value.field == "domain_weights"
