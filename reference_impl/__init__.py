@@ -6,7 +6,7 @@ Public API:
   in `ComputeConfig` (compute.py);
 * `CalibrationDomain`, `data_fingerprint`;
 * `fit_power_law`, `mass_shares`, `convert_exponent` (heavy_tail.py);
-* `Rule`, `CostModel`, `allocate` (allocation.py);
+* `AllocationRule`, `CostModel`, `allocate`, the rule registry `RULE_TYPES` (allocation.py);
 * `apply_blueprint`, `BlueprintHandle`, `load_update`, ... (apply.py): fine-tune only what a
   blueprint selects, with values-only sparse updates;
 * `Meter`, `StoppingRule`, `FlopCounter` (meter.py): capability per resource;
@@ -16,13 +16,13 @@ Public API:
 * `MeterCallback`, `blueprint_trainer` (trainer_callback.py; imported on first use, since they
   need transformers' Trainer).
 
-Importing this package imports torch; the `blueprint` CLI reaches it only through
-`reference_impl.cli`, lazily.
+Importing this package imports torch; the `blueprint` CLI reaches it only through its command
+modules (`reference_impl.compute_cli`, `select_cli`, `finetune_cli`), lazily.
 """
 
 from typing import Any
 
-from reference_impl.allocation import Allocation, CostModel, Rule, allocate
+from reference_impl.allocation import RULE_TYPES, Allocation, AllocationRule, CostModel, allocate
 from reference_impl.apply import (
     ApplyError,
     BlueprintHandle,
@@ -76,7 +76,9 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "METHOD",
+    "RULE_TYPES",
     "Allocation",
+    "AllocationRule",
     "ApplyError",
     "BlueprintHandle",
     "CalibrationDomain",
@@ -92,7 +94,6 @@ __all__ = [
     "MeterPoint",
     "ModuleSelection",
     "PowerLawFit",
-    "Rule",
     "ScoreResult",
     "StoppingRule",
     "allocate",

@@ -181,7 +181,7 @@ def main() -> int:
     from transformers import AutoModel, AutoTokenizer
 
     import blueprint_format as bf
-    from reference_impl import CalibrationDomain, Rule, compute_blueprint
+    from reference_impl import AllocationRule, CalibrationDomain, ComputeConfig, compute_blueprint
     from reference_impl.losses import contrastive_pair_loss
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
@@ -209,13 +209,13 @@ def main() -> int:
         print(f"domain {cat}: {len(pairs)} pairs in {len(batches)} batches")
 
     t_compute = time.perf_counter()
-    bp = compute_blueprint(
-        model, domains, contrastive_pair_loss,
+    config = ComputeConfig(
         model_path=model_path, model_name=MODEL_NAME, loss_name="contrastive-in-batch-pairs-mean-pool",
-        rule=Rule("global-budget", {"budget": 0.1}), granularity="element", device="cpu",
+        rule=AllocationRule("global-budget", {"budget": 0.1}), granularity="element", device="cpu",
         batch_size=BATCH_PAIRS, seq_len=SEQ_LEN, seed=0, progress=True,
         description="Reference demo: all-MiniLM-L6-v2 on three chatterbot-corpus categories.",
     )
+    bp = compute_blueprint(model, domains, contrastive_pair_loss, config)
     t_compute = time.perf_counter() - t_compute
     problems = [i for i in bf.validate(bp) if i.is_error] + bf.check_binding(bp, bf.model_tensors(model_path))
     if problems:

@@ -35,7 +35,7 @@ def test_reference_reproduces_expected() -> None:
 
 def test_float64_computation_is_within_tolerance() -> None:
     """An implementation computing in float64 passes too: the tolerances are not float32-specific."""
-    from reference_impl import Rule, compute_blueprint
+    from reference_impl import AllocationRule, compute_blueprint
 
     model = compliance.load_model(VECTOR).double()
     batches = {
@@ -43,7 +43,7 @@ def test_float64_computation_is_within_tolerance() -> None:
     }
     bp = compute_blueprint(
         model, batches, compliance.mlp_loss, model_path=VECTOR / "model.safetensors",
-        domain_weights={"d1": 0.5, "d2": 0.5}, rule=Rule("global-budget", {"budget": 0.3}), granularity="module",
+        domain_weights={"d1": 0.5, "d2": 0.5}, rule=AllocationRule("global-budget", {"budget": 0.3}), granularity="module",
         created=compliance.CREATED,
     )
     problems = compliance.compare(bp, _expected())

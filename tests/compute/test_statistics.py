@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import blueprint_format as bf
-from reference_impl import CalibrationDomain, Rule, compute_blueprint, data_fingerprint
+from reference_impl import AllocationRule, CalibrationDomain, compute_blueprint, data_fingerprint
 from reference_impl.losses import causal_lm_loss, model_output_loss
 from reference_impl.model_binding import module_layout, state_dict_tensors
 from tests.compute.conftest import TinyNet, tiny_batches, tiny_bert_mlm, tiny_gpt2, tiny_loss, token_batches
@@ -153,8 +153,8 @@ def test_sketched_element_shares_are_close_to_exact(tiny_net: TinyNet) -> None:
 
 def test_module_granularity_rules(tiny_net: TinyNet) -> None:
     data = {"a": tiny_batches(1, 5)}
-    for rule in (Rule("global-budget", {"budget": 0.5}), Rule("mass-threshold", {"threshold": 0.6}),
-                 Rule("marginal", {"eta": 1.0, "max_fraction": 0.9})):
+    for rule in (AllocationRule("global-budget", {"budget": 0.5}), AllocationRule("mass-threshold", {"threshold": 0.6}),
+                 AllocationRule("marginal", {"eta": 1.0, "max_fraction": 0.9})):
         bp = compute_blueprint(tiny_net, data, tiny_loss, rule=rule, granularity="module", created=CREATED)
         assert bf.validate(bp) == []
         assert all(m.k_star in (None, 1.0) for m in bp.modules)
