@@ -19,7 +19,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from blueprint_format._version import SPEC_VERSION, __version__
-from blueprint_format.errors import ERROR_CODES, BlueprintError, BlueprintIOError, Issue, make_error
+from blueprint_format.errors import (
+    ERROR_CODES,
+    BlueprintError,
+    BlueprintIOError,
+    Issue,
+    make_error,
+    usage_error,
+)
 
 #: Modules that add subcommands. Missing ones (optional parts not installed) are skipped.
 PLUGINS = ("converters.cli", "reference_impl.compute_cli", "reference_impl.finetune_cli", "reference_impl.select_cli")
@@ -27,10 +34,10 @@ PLUGINS = ("converters.cli", "reference_impl.compute_cli", "reference_impl.finet
 #: a plugin (importing reference_impl costs seconds of torch start-up).
 PLUGIN_COMMANDS: dict[str, tuple[str, str]] = {
     "embed": ("converters.cli", "embed a blueprint into a model file, card or folder"),
-    "extract": ("converters.cli", "extract the blueprint held by a model file, card or folder"),
+    "extract": ("converters.cli", "print the blueprint held by a model file, card or folder"),
     "strip": ("converters.cli", "remove the blueprint from a model file, card or folder"),
-    "push": ("converters.cli", "upload a model folder's blueprint and card to the Hugging Face Hub"),
-    "pull": ("converters.cli", "fetch a Hub repository's blueprint"),
+    "push": ("converters.cli", "upload a model folder's blueprint.json and README.md to the Hugging Face Hub"),
+    "pull": ("converters.cli", "fetch a Hub repository's blueprint (or a local folder's)"),
     "compute": ("reference_impl.compute_cli", "compute a blueprint from a model and calibration data (needs torch)"),
     "finetune": ("reference_impl.finetune_cli", "fine-tune only what a blueprint recommends (needs torch)"),
     "select-data": (
@@ -39,6 +46,13 @@ PLUGIN_COMMANDS: dict[str, tuple[str, str]] = {
     ),
 }
 CORE_COMMANDS = ("validate", "show", "schema", "digest", "codes")
+
+
+def command_help(command: str) -> str:
+    """The one-line help of a plugin command, as `blueprint --help` lists it (plugins pass it to
+    add_parser, so that it is written once)."""
+    return PLUGIN_COMMANDS[command][1]
+
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 
@@ -111,6 +125,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     from blueprint_format.api import load
     from blueprint_format.render import render_json, render_text
 
+    if args.top < 0:
+        raise usage_error(f"--top must be 0 (all) or a positive number of modules, got {args.top}", "--top")
     bp = load(args.path)
     if args.json:
         _print_json(render_json(bp, args.path))
@@ -217,7 +233,10 @@ def build_parser(plugins: Sequence[str] = ()) -> argparse.ArgumentParser:
     p = sub.add_parser("show", help="summarise a blueprint (modules table, heavy-tail fit, domains)")
     p.add_argument("path", metavar="PATH")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    p.add_argument("--top", type=int, default=0, metavar="N", help="show only the first N modules (0: all)")
+    p.add_argument(
+        "--top", type=int, default=0, metavar="N",
+        help="show only the N best-ranked modules, in rank order (0: all, in document order)",
+    )
     p.set_defaults(handler=cmd_show)
 
     p = sub.add_parser("schema", help="print the JSON Schema (2020-12) of the spec")
@@ -237,8 +256,8 @@ def build_parser(plugins: Sequence[str] = ()) -> argparse.ArgumentParser:
     for name in plugins:
         try:
             plugin = importlib.import_module(name)
-        except ImportError:
-            continue  # optional part not installed
+        except ModuleNotFoundError:
+            continue  # optional part not installed (any other ImportError is a bug: let it show)
         register = getattr(plugin, "register", None)
         if callable(register):
             before = set(sub.choices)

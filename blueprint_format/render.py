@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from blueprint_format.api import digest
-from blueprint_format.models import Blueprint, Domain, HeavyTail
+from blueprint_format.models import Blueprint, Domain, HeavyTail, Module
 
 
 def _fmt(value: float | None, spec: str = ".4g") -> str:
@@ -65,13 +65,21 @@ def _rank_header(bp: Blueprint) -> str:
     return "rank[combined]" if bp.modules[0].combined else f"rank[{bp.domain_names[0]}]"
 
 
+def _rank(bp: Blueprint, m: Module) -> int:
+    """The rank `show` displays: the combined one when recorded, else the first domain's."""
+    return m.combined.rank if m.combined else m.stats[bp.domain_names[0]].rank
+
+
 def module_rows(bp: Blueprint, top: int | None = None) -> list[list[str]]:
-    """Layer / grad norm per domain / combined rank / parameters / k* rows, in document order."""
+    """Layer / grad norm per domain / rank / parameters / k* rows: every module in document
+    order, or with `top` the `top` best-ranked modules in rank order."""
+    modules = list(bp.modules)
+    if top:
+        modules = sorted(modules, key=lambda m: _rank(bp, m))[:top]
     rows = []
-    for m in bp.modules[: top or None]:
+    for m in modules:
         grads = [_fmt(m.stats[d].grad_norm_mean) if d in m.stats else "-" for d in bp.domain_names]
-        rank = str(m.combined.rank) if m.combined else str(m.stats[bp.domain_names[0]].rank)
-        rows.append([m.name, *grads, rank, f"{m.parameter_count:,}", _fmt(m.k_star, ".3g")])
+        rows.append([m.name, *grads, str(_rank(bp, m)), f"{m.parameter_count:,}", _fmt(m.k_star, ".3g")])
     return rows
 
 
@@ -101,7 +109,7 @@ def render_text(bp: Blueprint, path: str = "", top: int | None = None) -> str:
         ),
     ]
     if top and len(bp.modules) > top:
-        lines.append(f"  ... {len(bp.modules) - top} more (use --top 0 for all)")
+        lines.append(f"  ... {len(bp.modules) - top} more, ranked below (use --top 0 for all, in document order)")
     lines += ["", "Allocation", "  " + describe_rule(bp)]
     if bp.allocation.trainable_fraction is not None:
         lines.append(f"  trainable fraction {bp.allocation.trainable_fraction:.3%}")

@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from blueprint_format.cli import command_help
+
 
 def _byte_count(text: str) -> int:
     """A non-negative byte count, optionally with a K/M suffix (powers of 1024)."""
@@ -151,7 +153,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     """Add embed, extract, strip, push and pull to the `blueprint` command."""
     p = subparsers.add_parser(
         "embed",
-        help="embed a blueprint into a model file, card or folder",
+        help=command_help("embed"),
         description=(
             "Validate BLUEPRINT, check that it was made for TARGET's model (structure digest and "
             "module names, "
@@ -187,7 +189,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
     p = subparsers.add_parser(
         "extract",
-        help="print the blueprint held by a model file, card or folder",
+        help=command_help("extract"),
         description="Print TARGET's blueprint as canonical JSON (or write it to OUT). Exit 1 when none.",
     )
     p.add_argument("target", metavar="TARGET")
@@ -197,7 +199,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
     p = subparsers.add_parser(
         "strip",
-        help="remove the blueprint from a model file, card or folder",
+        help=command_help("strip"),
         description="Remove TARGET's blueprint, keeping everything else. Without -o, TARGET is updated.",
     )
     p.add_argument("target", metavar="TARGET")
@@ -208,14 +210,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--json", action="store_true", help="print what was written as JSON")
     p.set_defaults(handler=cmd_strip)
 
-    p = subparsers.add_parser("push", help="upload a model folder's blueprint.json and README.md to the Hub")
+    p = subparsers.add_parser("push", help=command_help("push"))
     p.add_argument("folder", metavar="FOLDER")
     p.add_argument("repo_id", metavar="REPO_ID")
     p.add_argument("--repo-type", default="model", choices=["model", "dataset", "space"])
     p.add_argument("--revision", default=None)
     p.set_defaults(handler=cmd_push)
 
-    p = subparsers.add_parser("pull", help="fetch a Hub repository's blueprint (or a local folder's)")
+    p = subparsers.add_parser("pull", help=command_help("pull"))
     p.add_argument("repo", metavar="REPO", help="repository id, or a local model folder")
     p.add_argument("-o", "--output", metavar="OUT")
     p.add_argument("--repo-type", default="model", choices=["model", "dataset", "space"])

@@ -137,9 +137,9 @@ def command_parser(
 ) -> argparse.ArgumentParser:
     """Add the plugin command `name`, with the one-line help `blueprint --help` lists for it
     (blueprint_format.cli.PLUGIN_COMMANDS holds it, so it is written once)."""
-    from blueprint_format.cli import PLUGIN_COMMANDS
+    from blueprint_format.cli import command_help
 
-    return subparsers.add_parser(name, help=PLUGIN_COMMANDS[name][1], description=description, epilog=epilog)  # type: ignore[no-any-return]
+    return subparsers.add_parser(name, help=command_help(name), description=description, epilog=epilog)  # type: ignore[no-any-return]
 
 
 def flag_of(field_name: str) -> str:
@@ -273,17 +273,17 @@ def quiet_output(enabled: bool = True) -> Iterator[None]:
     os.environ.update(_QUIET_ENV)  # read by libraries imported inside the block
     for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+    with warnings.catch_warnings():  # also silences the libraries' remarks while switching back
+        warnings.simplefilter("ignore")
+        try:
             _library_switches(quiet=True)
             yield
-    finally:
-        for key, value in saved_env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        for name, level in saved_levels.items():
-            logging.getLogger(name).setLevel(level)
-        _library_switches(quiet=False)
+        finally:
+            for key, value in saved_env.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+            for name, level in saved_levels.items():
+                logging.getLogger(name).setLevel(level)
+            _library_switches(quiet=False)
