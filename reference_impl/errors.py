@@ -38,11 +38,11 @@ class ComputeInputError(BlueprintError):
         self.exit_status = exit_status_of(self.code)
 
 
-def input_error(code: str, message: str, path: str = "", fallback: str | None = None) -> ComputeInputError:
-    """A ComputeInputError with one issue. (`fallback` is ignored; it goes once no caller passes it.)"""
+def input_error(code: str, message: str, path: str = "") -> ComputeInputError:
+    """A ComputeInputError with one issue."""
     return ComputeInputError(make_error(code, message, path))
 
 
-def compute_error(code: str, message: str, path: str = "", fallback: str | None = None) -> ComputeError:
-    """A ComputeError with one issue. (`fallback` is ignored; it goes once no caller passes it.)"""
+def compute_error(code: str, message: str, path: str = "") -> ComputeError:
+    """A ComputeError with one issue."""
     return ComputeError(make_error(code, message, path))
