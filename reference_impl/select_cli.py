@@ -11,12 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from blueprint_format.models import NAME_PATTERN, Direction
+from blueprint_format.models import NAME_PATTERN
 from reference_impl.cli_common import (
     DEVICES,
     add_options,
@@ -25,8 +24,8 @@ from reference_impl.cli_common import (
     usage_from_config,
 )
 from reference_impl.config import choice, config_error, finite_float, fraction, positive_int
+from reference_impl.data_selection import DIRECTIONS
 
-DIRECTIONS: tuple[str, ...] = typing.get_args(Direction)
 #: Tasks whose per-example losses ghost norms can score.
 SELECT_LOSSES = ("auto", "causal-lm", "sequence-classification")
 
