@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from blueprint_format.models import SidecarGranularity, StatisticName
+from blueprint_format.models import SidecarGranularity
 from reference_impl.cli_common import (
     add_options,
     command_parser,
@@ -30,7 +30,6 @@ from reference_impl.config import positive_int
 
 #: Loss choices: "auto" (the model's own task) or a task of reference_impl.model_loading.
 LOSSES = ("auto", "causal-lm", "masked-lm", "sequence-classification", "contrastive")
-STATISTICS: tuple[str, ...] = typing.get_args(StatisticName)
 SIDECAR_GRANULARITIES: tuple[str, ...] = typing.get_args(SidecarGranularity)
 #: Configuration fields whose flag is not their name with dashes.
 FLAGS = {
@@ -45,6 +44,7 @@ FLAGS = {
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the `compute` command."""
     from reference_impl.allocation import GRANULARITIES
+    from reference_impl.statistics import STATISTICS
 
     p = command_parser(
         subparsers, "compute",
@@ -66,7 +66,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--loss", default="auto", choices=LOSSES, help="loss; auto: the model's own task")
     _add_rule_flags(p)
     p.add_argument("--granularity", choices=GRANULARITIES, default="element")
-    p.add_argument("--statistic", default="grad_norm_mean", choices=STATISTICS)
+    p.add_argument("--statistic", default="grad_norm_mean", choices=tuple(STATISTICS),
+                   help="the statistic k* is allocated on: " + "; ".join(f"{n}: {s.summary}" for n, s in STATISTICS.items()))
     add_options(p, "weight")
     p.add_argument("--cost-fixed", type=float, default=0.0, metavar="A", help="fixed cost (finite, >= 0)")
     p.add_argument("--cost-per-parameter", type=float, default=None, metavar="B", help="default 1/N")
