@@ -164,3 +164,45 @@ def test_from_parameters_keeps_given_values_and_fills_defaults() -> None:
     assert rule.parameters == {"eta": 2.0}
     rule = AllocationRule.from_parameters("marginal", {"max_fraction": 0.5})
     assert rule.parameters == {"eta": 1.0, "max_fraction": 0.5}
+
+
+def test_a_new_rule_is_one_registry_entry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rule added to RULE_TYPES (with its spec model) is validated, allocated, and offered by
+    `blueprint compute` (--rule choice and parameter flag) without any other change. An `x-` rule
+    needs no schema change: the spec accepts it as a custom rule."""
+    import argparse
+    from typing import Literal
+
+    from pydantic import BaseModel, ConfigDict, Field
+
+    from reference_impl import allocation, compute_cli
+
+    class TopParameters(BaseModel):
+        model_config = ConfigDict(strict=True, extra="forbid")
+        share: float = Field(gt=0, le=1)
+
+    class TopRule(BaseModel):
+        model_config = ConfigDict(strict=True, extra="forbid")
+        name: Literal["x-top-share"]
+        parameters: TopParameters
+
+    class TopShare(allocation.RuleType):
+        model = TopRule
+        parameters = (allocation.RuleParameter("share", "x-top-share: trainable fraction", 0.25),)
+        cap_parameter = "share"
+
+    monkeypatch.setitem(allocation.RULE_TYPES, "x-top-share", TopShare())
+    rule = AllocationRule.from_parameters("x-top-share", {})
+    assert rule.to_json() == {"name": "x-top-share", "parameters": {"share": 0.25}}
+    with pytest.raises(ConfigError) as info:
+        AllocationRule("x-top-share", {"share": 2.0})
+    assert info.value.field == "share"
+    a = allocate(rule, "module", [0.5, 0.3, 0.2], [90, 100, 210], CostModel())
+    assert a.k_star == [1.0, None, None]  # first fit under 25% of 400 parameters
+    models.CustomRule.model_validate(rule.to_json())  # what a blueprint records is a valid custom rule
+
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers()
+    compute_cli.register(sub)
+    args = parser.parse_args(["compute", "--model", "m", "--data", "d.txt", "-o", "o.json", "--share", "0.5"])
+    assert compute_cli.rule_from_flags(args).to_json() == {"name": "x-top-share", "parameters": {"share": 0.5}}
