@@ -9,7 +9,8 @@ not scaled by 1/B. For module m with parameters P_m, the squared norm is
 matrix of squared norms, and an example's score is the square root of its column sum: the L2
 norm of that example's own loss gradient over the considered modules.
 
-How (RESEARCH.md section 3, "ghost norms"). Forward hooks keep each supported module's input
+How ("ghost norms", Goodfellow 2015, "Efficient Per-Example Gradient Computations"; the
+`per-example-gradient-norm` estimator of SPEC section 5). Forward hooks keep each supported module's input
 A_i (T x d) and register a hook on its output that receives G_i (T x p) during the backward:
 
 * Linear (and transformers' Conv1D, a transposed Linear): ||G_i^T A_i||_F^2 either as
