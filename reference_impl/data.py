@@ -2,8 +2,9 @@
 
 Files: `.txt` (one example per line; blank lines are skipped) or `.jsonl` (one JSON object per
 line with a `text` string, a `label` (integer, or a string in the model's label2id) for sequence
-classification, and a `pair` string for the contrastive loss). Bytes must be UTF-8. Examples keep
-their file order unless shuffled with a seed.
+classification, and a `pair` string for the contrastive loss; or, for causal-LM fine-tuning, a
+`prompt` and a `response` string instead of `text`, the loss then counting the response's tokens
+only). Bytes must be UTF-8. Examples keep their file order unless shuffled with a seed.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class Example:
     text: str
     label: int | str | None = None
     pair: str | None = None
+    prompt: str | None = None  # prompt/response examples: `text` is prompt + response
 
     @property
     def fingerprint_text(self) -> str:
@@ -94,6 +96,9 @@ def read_examples(path: str | Path) -> list[Example]:
             examples.append(Example(line))
             continue
         obj = _json_line(line, f"{p}: line {lineno}")
+        if isinstance(obj, dict) and ("prompt" in obj or "response" in obj):
+            examples.append(_prompt_response(obj, f"{p}: line {lineno}"))
+            continue
         if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
             raise input_error("missing-field", f"{p}: line {lineno}: expected an object with a string `text`")
         label = _label(obj.get("label"), f"{p}: line {lineno}")
@@ -104,6 +109,21 @@ def read_examples(path: str | Path) -> list[Example]:
     if not examples:
         raise input_error("empty-document", f"{p}: no examples (the file is empty or blank)")
     return examples
+
+
+def _prompt_response(obj: dict[str, Any], where: str) -> Example:
+    """A prompt/response example: both strings, the response not empty; no `text` beside them."""
+    for name in ("prompt", "response"):
+        if name not in obj:
+            raise input_error("missing-field", f"{where}: a `prompt` needs a `response` and the reverse; `{name}` "
+                              "is missing")
+        if not isinstance(obj[name], str):
+            raise input_error("wrong-type", f"{where}: `{name}` must be a string")
+    if "text" in obj:
+        raise input_error("schema-violation", f"{where}: give either `text` or `prompt` and `response`, not both")
+    if not obj["response"]:
+        raise input_error("missing-field", f"{where}: `response` is empty (the loss counts its tokens only)")
+    return Example(obj["prompt"] + obj["response"], _label(obj.get("label"), where), prompt=obj["prompt"])
 
 
 def _json_line(line: str, where: str) -> Any:
@@ -208,3 +228,67 @@ def make_batches(
             batch["labels"] = torch.tensor(labels, dtype=torch.long)
         batches.append(batch)
     return batches
+
+
+@dataclass
+class CausalBatches:
+    """Causal-LM batches with labels (-100 where no loss is taken), and what tokenising cut."""
+
+    batches: list[dict[str, Any]]
+    truncated: int = 0  # examples longer than seq_len tokens (cut at seq_len)
+    dropped: int = 0  # examples left without a response token after the cut (not used)
+    tokens: int = 0  # tokens that carry loss
+
+
+def _causal_ids(tokenizer: Any, example: Example) -> tuple[list[int], int]:
+    """(token ids, number of leading prompt tokens that carry no loss) of one example.
+
+    Plain text: the tokenizer's encoding (with its special tokens), every token predicted. Prompt
+    and response: the prompt encoded as a text, the response appended without special tokens and
+    closed by the end-of-sequence token, so that the model learns where a response ends.
+    """
+    if example.prompt is None:
+        return list(tokenizer(example.text)["input_ids"]), 0
+    prompt = list(tokenizer(example.prompt)["input_ids"]) if example.prompt else []
+    response = list(tokenizer(example.text[len(example.prompt):], add_special_tokens=False)["input_ids"])
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if eos is not None:
+        response.append(int(eos))
+    return prompt + response, len(prompt)
+
+
+def causal_lm_batches(examples: list[Example], tokenizer: Any, batch_size: int, seq_len: int) -> CausalBatches:
+    """Right-padded batches of input_ids, attention_mask and labels for causal-LM fine-tuning.
+
+    Labels equal input_ids except -100 on padding and on prompt tokens (the model shifts them by
+    one to predict each next token). Examples longer than `seq_len` tokens are cut there and
+    counted; one whose response is cut away entirely is dropped and counted.
+    """
+    import torch
+
+    from reference_impl.losses import IGNORE_INDEX, response_only_labels
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    rows: list[tuple[list[int], int]] = []
+    out = CausalBatches([])
+    for e in examples:
+        ids, n_prompt = _causal_ids(tokenizer, e)
+        if len(ids) > seq_len:
+            out.truncated += 1
+            ids = ids[:seq_len]
+        if len(ids) - max(n_prompt, 1) < 1:
+            out.dropped += 1  # no token left to predict (the first token has no context)
+            continue
+        rows.append((ids, n_prompt))
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        width = max(len(ids) for ids, _ in chunk)
+        input_ids = torch.full((len(chunk), width), int(pad), dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for i, (ids, _) in enumerate(chunk):
+            input_ids[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            mask[i, : len(ids)] = 1
+        labels = response_only_labels(input_ids, mask, torch.tensor([n for _, n in chunk], dtype=torch.long))
+        out.tokens += int((labels[:, 1:] != IGNORE_INDEX).sum())
+        out.batches.append({"input_ids": input_ids, "attention_mask": mask, "labels": labels})
+    return out

@@ -51,6 +51,32 @@ def _loss_from_output(out: Any) -> torch.Tensor:
     return loss
 
 
+#: Label of a position that carries no loss (PyTorch's and transformers' convention).
+IGNORE_INDEX = -100
+
+
+def response_only_labels(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_lengths: torch.Tensor
+) -> torch.Tensor:
+    """Causal-LM labels that count only response tokens: input_ids, with IGNORE_INDEX on padding
+    and on the first `prompt_lengths[i]` tokens of row i (0: plain text, every token counts)."""
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
+    keep = (attention_mask != 0) & (positions >= prompt_lengths.to(input_ids.device).unsqueeze(1))
+    return input_ids.masked_fill(~keep, IGNORE_INDEX)
+
+
+def causal_lm_token_loss(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """(sum of next-token cross-entropies, number of tokens) over the positions whose label is not
+    IGNORE_INDEX, so that a mean over many batches weighs every token once."""
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    labels = batch["labels"][:, 1:]
+    logits = model(**inputs).logits[:, :-1]
+    total = nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
+    return total, int((labels != IGNORE_INDEX).sum())
+
+
 def causal_lm_loss(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """Next-token cross-entropy averaged over real (non-padding) target tokens."""
     inputs = dict(batch)

@@ -9,10 +9,13 @@ Gamma per evaluation point (all cumulative since the meter started):
   forward cost F is measured by a forward hook on the real batch. Backward costs are credited to
   what a partial update really needs: a weight gradient (F) only for modules with a trainable
   tensor, and an activation gradient (F) only for modules that run after the earliest module
-  with a trainable tensor (backward stops there). A sparse (values-only) update still forms the
-  module's dense weight gradient, so it is credited F in full;
-* `peak_memory_bytes`: peak resident set size of the process on CPU (getrusage; psutil for the
-  current RSS), `torch.cuda.max_memory_allocated` on CUDA;
+  with a trainable tensor (backward stops there). A module trained in part by the sparse engine
+  is credited the share of its weight gradient that backward really forms (the selected rows at
+  row granularity; the row blocks holding a selected entry at element granularity), from the
+  handle's `weight_grad_fraction`;
+* `peak_memory_bytes`: peak resident set size since `start()` on CPU (the kernel's high-water mark,
+  VmHWM, reset at `start()` where Linux allows it; the process peak before that is reported as
+  `peak_memory_before_start_bytes`), `torch.cuda.max_memory_allocated` since `start()` on CUDA;
 * `trainable_state_bytes`: bytes of trainable parameters, their gradients and optimizer state
   actually allocated (from the handle, or from parameters with requires_grad);
 * `energy_j`: GPU energy from NVML when pynvml and a GPU are present, else absent.
@@ -61,6 +64,17 @@ def peak_rss_bytes() -> int:
         pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark of this process (Linux: write 5 to /proc/self/clear_refs),
+    so that `peak_rss_bytes` measures from now; False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
+            fh.write("5")
+    except OSError:
+        return False
+    return True
 
 
 class _Energy:
@@ -117,8 +131,10 @@ def _is_counted(module: nn.Module) -> bool:
 class FlopCounter:
     """Forward hooks that record, per training step, each counted module's forward FLOPs in call order."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, weight_grad_fraction: Callable[[nn.Module], float | None] | None = None) -> None:
         self.model = model
+        # Share of a module's weight gradient that backward forms (None: all of it, when trainable).
+        self.fraction = weight_grad_fraction
         self.calls: list[tuple[nn.Module, int, int]] = []  # (module, forward flops, embedding output size)
         # Counted modules, and every other module owning parameters directly (a LayerNorm...): those
         # cost nothing here but mark where backward must reach. Parametrisation internals are
@@ -145,11 +161,12 @@ class FlopCounter:
         first = next((i for i, t in enumerate(trainable) if t), None)
         act = wgrad = 0
         if first is not None:
-            for i, ((_, f, emb), t) in enumerate(zip(calls, trainable)):
+            for i, ((m, f, emb), t) in enumerate(zip(calls, trainable)):
                 if i > first:
                     act += f
                 if t:
-                    wgrad += f if f else emb
+                    share = self.fraction(m) if self.fraction is not None else None
+                    wgrad += round((f if f else emb) * (1.0 if share is None else share))
         return {"forward": fwd, "activation_grad": act, "weight_grad": wgrad}
 
     def remove(self) -> None:
@@ -166,9 +183,13 @@ class MeterPoint:
     psi: float
     gamma: dict[str, float]
     rate: dict[str, float | None] = field(default_factory=dict)  # dPsi/dGamma since the previous point
+    metrics: dict[str, float] = field(default_factory=dict)  # further evaluation figures (eval loss...)
 
     def to_json(self) -> dict[str, Any]:
-        return {"step": self.step, "psi": self.psi, "gamma": self.gamma, "dpsi_dgamma": self.rate}
+        out: dict[str, Any] = {"step": self.step, "psi": self.psi, "gamma": self.gamma, "dpsi_dgamma": self.rate}
+        if self.metrics:
+            out["metrics"] = self.metrics
+        return out
 
 
 class Meter:
@@ -197,7 +218,9 @@ class Meter:
             device = next(model.parameters()).device
         self.device = torch.device(device)
         self.callbacks = list(callbacks or [])
-        self.counter = FlopCounter(model)
+        fraction = getattr(handle, "weight_grad_fraction", None) if handle is not None else None
+        self.counter = FlopCounter(model, fraction)
+        self._peak_before_start: int | None = None
         self.points: list[MeterPoint] = []
         self.flops = {"forward": 0, "activation_grad": 0, "weight_grad": 0}
         self.steps = 0
@@ -209,8 +232,13 @@ class Meter:
 
     # -- time -------------------------------------------------------------------------------------
     def start(self) -> None:
+        """Start the clock, and the peak-memory measurement of the training that follows."""
         if self.device.type == "cuda":
+            self._peak_before_start = int(torch.cuda.max_memory_allocated(self.device))
             torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            self._peak_before_start = peak_rss_bytes()
+            reset_peak_rss()
         self._t0 = time.perf_counter()
 
     def pause(self) -> None:
@@ -277,8 +305,9 @@ class Meter:
         return g
 
     # -- evaluation points ------------------------------------------------------------------------
-    def evaluate(self, psi: float) -> MeterPoint:
-        """Record Psi now against the resources spent so far; runs the callbacks."""
+    def evaluate(self, psi: float, metrics: dict[str, float] | None = None) -> MeterPoint:
+        """Record Psi now against the resources spent so far (with further `metrics` of the same
+        evaluation, e.g. eval loss and perplexity); runs the callbacks."""
         g = self.gamma()
         rate: dict[str, float | None] = {}
         if self.points:
@@ -287,7 +316,7 @@ class Meter:
                 if k in g and k in prev.gamma:
                     d = g[k] - prev.gamma[k]
                     rate[k] = (psi - prev.psi) / d if d > 0 else None
-        point = MeterPoint(self.steps, float(psi), g, rate)
+        point = MeterPoint(self.steps, float(psi), g, rate, dict(metrics or {}))
         self.points.append(point)
         for cb in self.callbacks:
             cb(self, point)
@@ -312,6 +341,7 @@ class Meter:
             "examples": self.examples,
             "points": [p.to_json() for p in self.points],
             "dpsi_dgamma": overall,
+            "peak_memory_before_start_bytes": self._peak_before_start,
             "flop_convention": "2 x multiply-adds of Linear/Conv/Embedding; backward credited per trainable module",
         }
 

@@ -130,10 +130,14 @@ def model_folder_tensors(model_path: Path) -> list[TensorInfo]:
         raise input_error(code if code == "header-too-large" else "unreadable-model", f"{exc}{hint}") from None
 
 
-def load_model(path: Path, task: str = "auto", dtype: str = "fp32", trust_remote_code: bool = False) -> LoadedModel:
+def load_model(
+    path: Path, task: str = "auto", dtype: str = "fp32", trust_remote_code: bool = False,
+    model_kwargs: dict[str, Any] | None = None,
+) -> LoadedModel:
     """Model, tokenizer and task from a local folder: safetensors weights only (no pickle), no
     network, and the folder's own code only with `trust_remote_code`. The tokenizer gets its eos
-    token as pad token when it has none."""
+    token as pad token when it has none. `model_kwargs` go to from_pretrained (e.g. num_labels
+    and label2id for a new classification head)."""
     import torch
     import transformers
 
@@ -146,7 +150,8 @@ def load_model(path: Path, task: str = "auto", dtype: str = "fp32", trust_remote
     torch_dtype = getattr(torch, _DTYPES.get(dtype, "float32"))
     options = {"local_files_only": True, "trust_remote_code": trust_remote_code}
     try:
-        model = auto_class.from_pretrained(path, use_safetensors=True, dtype=torch_dtype, **options)
+        model = auto_class.from_pretrained(path, use_safetensors=True, dtype=torch_dtype, **options,
+                                           **(model_kwargs or {}))
         tokenizer = transformers.AutoTokenizer.from_pretrained(path, **options)
     except Exception as exc:  # transformers raises many kinds for a bad folder
         reason = " ".join(str(exc).split())[:500]  # one line, whatever transformers wrote

@@ -71,3 +71,32 @@ def bert_batches(seed: int, n: int, size: int = 4, length: int = 8) -> list[dict
 def mlp() -> TinyMLP:
     torch.manual_seed(0)
     return TinyMLP()
+
+
+_WORDS = "hello how are you i am fine what is your name my the a robot good bad yes no do like music science computer"
+LLAMA_WORDS = ["<pad>", "<unk>", "<s>", "</s>", *_WORDS.split(" "), "love", "it", "to"]
+
+
+def tiny_llama_folder(folder: Any, seed: int = 0) -> Any:
+    """A saved tiny LlamaForCausalLM (tied embeddings, like SmolLM2) with a word-level tokenizer
+    that puts <s> before a text and has </s> and <pad>; built from config, nothing downloaded."""
+    from pathlib import Path
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from tokenizers.processors import TemplateProcessing
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(LLAMA_WORDS)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()  # type: ignore[assignment]
+    tok.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 2)])  # type: ignore[assignment]
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>")
+    fast.save_pretrained(folder)
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(LLAMA_WORDS), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=24,
+                      tie_word_embeddings=True, bos_token_id=2, eos_token_id=3, pad_token_id=0)
+    LlamaForCausalLM(cfg).save_pretrained(folder, safe_serialization=True)
+    return folder

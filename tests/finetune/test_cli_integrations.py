@@ -79,7 +79,7 @@ def test_cli_finetune_end_to_end(setup: dict[str, Path], capsys: pytest.CaptureF
     status = main([
         "finetune", "--model", str(setup["model"]), "--blueprint", str(setup["bp"]), "--train", str(setup["train"]),
         "--eval", str(setup["eval"]), "--budget", str(budget), "--granularity", granularity, "--max-steps", "6",
-        "--batch-size", "8", "--seq-len", "16", "--lr", "1e-3", "--seed", "1", "--quiet", "-o", str(out),
+        "--batch-size", "8", "--seq-len", "16", "--lr", "1e-3", "--seed", "1", "-o", str(out),
     ])
     assert status == 0
     line = capsys.readouterr().out
