@@ -22,10 +22,11 @@ from torch import nn
 
 from blueprint_format._version import SPEC_VERSION, __version__
 from blueprint_format.jsonio import sha256_digest
-from blueprint_format.models import Blueprint
+from blueprint_format.models import Blueprint, Domain, HeavyTail
 from reference_impl import heavy_tail
 from reference_impl.allocation import Allocation, CostModel, allocate
 from reference_impl.collector import DomainStats, GradientCollector
+from reference_impl.config import spec_max_length
 from reference_impl.data_selection import data_fingerprint
 from reference_impl.errors import compute_error
 from reference_impl.model_binding import ModuleLayout
@@ -177,7 +178,7 @@ def heavy_tail_record(values: np.ndarray, statistic: str) -> dict[str, Any]:
     if fit.status == "ok":
         ht.update(exponent=fit.exponent, x_min=fit.x_min, ks_distance=fit.ks_distance, tail_count=fit.tail_count)
     if fit.message:
-        ht["message"] = fit.message[:1024]
+        ht["message"] = fit.message[: spec_max_length(HeavyTail, "message")]
     return ht
 
 
@@ -195,9 +196,9 @@ def domain_record(d: DomainResult, values: dict[str, np.ndarray], statistic: str
     if fingerprint:
         record["data_fingerprint"] = fingerprint
     if spec.description:
-        record["description"] = spec.description[:4096]
+        record["description"] = spec.description[: spec_max_length(Domain, "description")]
     if spec.source:
-        record["source"] = spec.source[:1024]
+        record["source"] = spec.source[: spec_max_length(Domain, "source")]
     record["heavy_tail"] = heavy_tail_record(values[statistic], statistic)
     record["element_mass_shares"] = d.stats.element_shares
     return record

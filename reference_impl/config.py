@@ -10,6 +10,7 @@ the flag and the Python caller the argument, before any model is loaded or any f
 from __future__ import annotations
 
 import math
+import typing
 from collections.abc import Collection, Mapping
 from typing import Any, TypeVar
 
@@ -99,3 +100,29 @@ def normalised_weights(field: str, weights: Mapping[str, Any], names: Collection
     scaled = {k: v / top for k, v in values.items()}  # in [0, 1]: the sum below cannot overflow
     total = math.fsum(scaled.values())
     return {k: v / total for k, v in scaled.items()}
+
+
+def spec_max_length(model: type[Any], field: str) -> int:
+    """The maximum length the spec's model gives a string member, e.g.
+    `spec_max_length(models.Domain, "description")` (blueprint_format.models is the one source
+    of those limits: producers truncate or check with this, never with a restated number)."""
+
+    def find(tp: Any) -> int | None:
+        for meta in getattr(tp, "__metadata__", ()):
+            for item in (meta, *getattr(meta, "metadata", ())):
+                limit = getattr(item, "max_length", None)
+                if isinstance(limit, int):
+                    return limit
+        for arg in typing.get_args(tp):
+            limit = find(arg)
+            if limit is not None:
+                return limit
+        return None
+
+    info = model.model_fields[field]
+    limit = find(info.annotation)
+    if limit is None:
+        limit = next((m.max_length for m in info.metadata if isinstance(getattr(m, "max_length", None), int)), None)
+    if limit is None:
+        raise KeyError(f"{model.__name__}.{field} has no maximum length")
+    return int(limit)
