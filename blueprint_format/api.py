@@ -11,8 +11,8 @@ from blueprint_format.models import Blueprint
 from blueprint_format.validator import check_document
 
 
-def _checked(doc: object) -> Blueprint:
-    issues, bp = check_document(doc)
+def _checked(doc: object, *, parsed: bool = False) -> Blueprint:
+    issues, bp = check_document(doc, parsed=parsed)
     if bp is None:
         errors = [i for i in issues if i.is_error]
         raise BlueprintValidationError(errors)
@@ -21,12 +21,12 @@ def _checked(doc: object) -> Blueprint:
 
 def loads(data: bytes | str) -> Blueprint:
     """Parse and fully validate a blueprint document. Raises a BlueprintError subclass if invalid."""
-    return _checked(loads_json(data))
+    return _checked(loads_json(data), parsed=True)
 
 
 def load(path: str | Path) -> Blueprint:
     """Read and fully validate the blueprint file at `path`."""
-    return _checked(read_document(path))
+    return _checked(read_document(path), parsed=True)
 
 
 def dumps(bp: Blueprint) -> bytes:

@@ -71,7 +71,7 @@ def _file_report(path: str, against: str | None) -> tuple[dict[str, Any], int]:
     issues: list[Issue]
     try:
         doc = read_document(path)
-        issues, bp = check_document(doc)
+        issues, bp = check_document(doc, parsed=True)
         if bp is not None and against is not None:
             issues += check_binding(bp, model_tensors(against))
     except BlueprintIOError as exc:

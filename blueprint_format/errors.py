@@ -38,10 +38,12 @@ ERROR_CODES: dict[str, ErrorCode] = _table(
     ("parse-error", "parse", "The document is not well-formed JSON (RFC 8259)."),
     ("duplicate-key", "parse", "An object has the same member name twice."),
     ("non-finite-number", "parse", "A number is NaN, Infinity or overflows a double."),
+    ("lone-surrogate", "parse", "A string or member name holds a lone UTF-16 surrogate (RFC 8785, I-JSON)."),
     ("not-an-object", "parse", "The top-level value is not a JSON object."),
     # Limits: refused before or instead of full processing.
     ("too-large", "limit", "The document exceeds the maximum size."),
     ("too-deep", "limit", "The document nests deeper than the maximum depth."),
+    ("too-many-values", "limit", "The document holds more JSON values than the maximum."),
     ("too-many-modules", "limit", "The document lists more modules than the maximum."),
     # Version handling.
     ("unsupported-version", "version", "spec_version has a major version this reader does not support."),

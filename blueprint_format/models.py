@@ -8,11 +8,23 @@ absent and are omitted again on output, so a document never contains `null`.
 
 from __future__ import annotations
 
+import copy
+import math
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, JsonValue, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationInfo,
+    model_validator,
+)
 
 from blueprint_format.limits import MAX_MODULES, MAX_SAFE_INTEGER
+from blueprint_format.pointer import put
 
 
 def _integral(value: Any) -> Any:
@@ -39,7 +51,47 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-FreeJson = Annotated[JsonValue, BeforeValidator(_json_safe)]
+#: Validation context of a document that came from the strict reader (blueprint_format.jsonio),
+#: whose free-form values are already plain JSON with double-safe numbers.
+PARSED_CONTEXT = {"parsed_json": True}
+
+
+def _free_json(value: Any, info: ValidationInfo) -> Any:
+    """A free-form JSON value, checked in one iterative pass without copying it.
+
+    Skipped for documents from the strict reader, which checked the same while parsing, so that
+    a large extension is not walked (or copied) twice. Copies only to turn integers beyond
+    2**53 - 1 into doubles.
+    """
+    if info.context is not None and info.context.get("parsed_json"):
+        return value
+    stack: list[Any] = [value]
+    big_integers = False
+    while stack:
+        node = stack.pop()
+        kind = type(node)
+        if kind is dict:
+            if not all(type(k) is str for k in node):
+                raise ValueError("object member names must be strings")
+            stack.extend(node.values())
+        elif kind is list:
+            stack.extend(node)
+        elif kind is int:
+            big_integers |= not -MAX_SAFE_INTEGER <= node <= MAX_SAFE_INTEGER
+        elif kind is float:
+            if not math.isfinite(node):
+                raise ValueError(f"{node} is not a finite number")
+        elif not (node is None or kind is bool or kind is str):
+            raise ValueError(f"a {kind.__name__} is not a JSON value")
+    if not big_integers:
+        return value
+    try:
+        return _json_safe(value)
+    except RecursionError:
+        raise ValueError("nested too deeply to convert its large integers") from None
+
+
+FreeJson = Annotated[Any, AfterValidator(_free_json)]
 Count = Annotated[int, BeforeValidator(_integral), Field(ge=0, le=MAX_SAFE_INTEGER)]
 PositiveCount = Annotated[int, BeforeValidator(_integral), Field(ge=1, le=MAX_SAFE_INTEGER)]
 Statistic = Annotated[float, Field(ge=0, le=1e300)]
@@ -320,11 +372,29 @@ class Blueprint(_Strict):
     data_selection: DataSelection | None = None
     sidecars: Annotated[list[Sidecar], Field(max_length=64)] | None = None
     extensions: Annotated[dict[ExtensionName, FreeJson], Field(max_length=256)] | None = None
+    #: Members of a newer minor version that this reader ignored: (JSON pointer, value).
+    _ignored_members: tuple[tuple[str, Any], ...] = PrivateAttr(default=())
 
     def to_json(self) -> dict[str, Any]:
-        """Plain JSON values, absent optional members omitted."""
+        """Plain JSON values, absent optional members omitted, ignored newer members put back."""
         out: dict[str, Any] = self.model_dump(mode="json", by_alias=True, exclude_none=True)
+        for pointer, value in self._ignored_members:
+            put(out, pointer, copy.deepcopy(value))
         return out
+
+    def keep_ignored_members(self, members: list[tuple[str, Any]]) -> None:
+        """Keep the members of a newer minor version that validation ignored (SPEC 13 and 14).
+
+        `to_json` writes them back at their JSON pointers, so the digest, the canonical form and
+        every embedded copy cover the whole document, as SPEC 13 requires. (A pointer whose place
+        was edited away in the model since is skipped.)
+        """
+        self._ignored_members = tuple(members)
+
+    @property
+    def ignored_members(self) -> tuple[tuple[str, Any], ...]:
+        """The (JSON pointer, value) of each member that this reader ignored."""
+        return self._ignored_members
 
     @property
     def domain_names(self) -> list[str]:

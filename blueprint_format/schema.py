@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -147,8 +147,11 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _issues_for(error: ValidationError) -> list[Issue]:
-    """One or more issues for a jsonschema error, located at the offending member."""
+def _issues_for(error: ValidationError, sizes: Mapping[str, int] | None = None) -> list[Issue]:
+    """One or more issues for a jsonschema error, located at the offending member.
+
+    `sizes` gives the true entry count of arrays and objects the validator was shown clipped.
+    """
     keyword = str(error.validator)
     base = _pointer(error.absolute_path)
     instance: Any = error.instance
@@ -180,7 +183,7 @@ def _issues_for(error: ValidationError) -> list[Issue]:
         ]
         message = f"{_short(instance)} must be {relation} {value}"
     elif keyword in ("minItems", "maxItems", "minLength", "maxLength", "minProperties", "maxProperties"):
-        size = len(instance) if hasattr(instance, "__len__") else "?"
+        size = (sizes or {}).get(base, len(instance) if hasattr(instance, "__len__") else "?")
         bound = "at least" if keyword.startswith("min") else "at most"
         message = f"has {size} entries/characters; must have {bound} {value}"
     elif keyword == "pattern":
@@ -217,11 +220,15 @@ def _rule_message(error: ValidationError) -> str:
     return f"rule {_short(name)} is not a known rule (global-budget, mass-threshold, marginal, or x-...) with valid parameters"
 
 
-def schema_issues(document: Any) -> list[Issue]:
-    """Every schema violation of `document`, each with its code and JSON pointer."""
+def schema_issues(document: Any, sizes: Mapping[str, int] | None = None) -> list[Issue]:
+    """Every schema violation of `document`, each with its code and JSON pointer.
+
+    `sizes` maps the pointers of arrays and objects that were clipped before validation (see
+    validator._structure) to their true entry counts, for the messages.
+    """
     seen: dict[tuple[str, str], Issue] = {}
     for error in schema_validator().iter_errors(document):
         # jsonschema reports `required` once per missing member but each report lists them all.
-        for issue in _issues_for(error):
+        for issue in _issues_for(error, sizes):
             seen.setdefault((issue.path, issue.code), issue)
     return sorted(seen.values(), key=lambda i: (i.path, i.code))

@@ -44,9 +44,11 @@ LAYERS: dict[str, str] = {
     "parse-error": "parse",
     "duplicate-key": "parse",
     "non-finite-number": "parse",
+    "lone-surrogate": "parse",
     "not-an-object": "parse",
     "too-large": "limit",
     "too-deep": "limit",
+    "too-many-values": "limit",
     "too-many-modules": "limit",
     "unsupported-version": "version",
     "bad-version": "version",
@@ -785,6 +787,13 @@ def newer_minor_nested_doc() -> Doc:
     return doc
 
 
+def newer_minor_rule_parameter_doc() -> Doc:
+    doc = minimal_doc()
+    doc["spec_version"] = "1.2.0"
+    doc["allocation"]["rule"]["parameters"]["min_module_fraction"] = 0.01
+    return doc
+
+
 def patch_version_doc() -> Doc:
     doc = minimal_doc()
     doc["spec_version"] = "1.0.7"
@@ -1109,6 +1118,13 @@ def valid_vectors() -> list[tuple[str, str, Doc, list[dict[str, str]]]]:
                 {"code": "unknown-member", "path": "/model/license"},
                 {"code": "unknown-member", "path": "/modules/0/stats/general/grad_norm_p90"},
             ],
+        ),
+        (
+            "newer-minor-rule-parameter",
+            "spec_version 1.2.0 with a parameter unknown to 1.0 inside a known rule's parameters: the rule "
+            "is still recognised, and the parameter is ignored with an unknown-member warning (SPEC 14).",
+            newer_minor_rule_parameter_doc(),
+            [{"code": "unknown-member", "path": "/allocation/rule/parameters/min_module_fraction"}],
         ),
         (
             "patch-version",
@@ -1503,6 +1519,25 @@ def invalid_vectors() -> list[Vector]:
             [("non-finite-number", "/modules/0/stats/general/grad_norm_median")],
             text.replace(median, '"grad_norm_median": 1' + "0" * (digits - 1) + ",").encode("utf-8"),
         )
+    description = "every optional member present."
+    for stem, escape, what in (
+        ("high", "\\ud800", "A lone high surrogate"),
+        ("low", "\\udc00", "A lone low surrogate"),
+        ("reversed-pair", "\\ude00\\ud83d", "A surrogate pair in the wrong order (two lone surrogates)"),
+    ):
+        add(
+            f"lone-surrogate--{stem}",
+            f"{what}, as a \\u escape inside the description: well-formed JSON, but no Unicode text "
+            "(RFC 8785, I-JSON).",
+            [("lone-surrogate", "/description")],
+            text_replace(text, description, f"every optional member present {escape}.").encode("utf-8"),
+        )
+    add(
+        "lone-surrogate--member-name",
+        "An extension member whose name escapes a lone surrogate; located at the object holding it.",
+        [("lone-surrogate", "/extensions")],
+        text_replace(text, '"extensions": {\n', '"extensions": {\n    "x-\\udbff": 1,\n').encode("utf-8"),
+    )
     add(
         "not-an-object--array",
         "The top-level value is an array holding a valid document.",
@@ -1551,6 +1586,12 @@ def invalid_vectors() -> list[Vector]:
         "spec_version 2.1.0 with members 1.0 does not know: only unsupported-version is reported.",
         [("unsupported-version", "/spec_version")],
         pretty(mutated(base, ("set", "/spec_version", "2.1.0"), ("set", "/blueprint_v2", {"layers": []}))),
+    )
+    add(
+        "unsupported-version--major-5000-digits",
+        "spec_version with a major version of 5000 digits: not 1, and never converted to an integer.",
+        [("unsupported-version", "/spec_version")],
+        pretty(mutated(base, ("set", "/spec_version", "9" * 5000 + ".0.0"))),
     )
     for stem, value, what in (
         ("two-parts", "1.0", "only MAJOR.MINOR"),
@@ -2279,6 +2320,25 @@ def invalid_vectors() -> list[Vector]:
 def generated_vectors() -> list[Doc]:
     """Vectors too large to store; the manifest says how to build them in memory."""
     return [
+        {
+            "code": "too-many-values",
+            "layer": "limit",
+            "errors": [{"code": "too-many-values", "path": ""}],
+            "base": "valid/minimal.json",
+            "build": {"kind": "extension-array", "member": "x-values", "item": "0", "count": 4_000_000},
+            "recipe": 'valid/minimal.json with an extensions member {"x-values": [0, 0, ...]} of 4000000 '
+            "zeros: about 8 MB, but over the limit of 4000000 JSON values.",
+        },
+        {
+            "code": "too-many-values",
+            "layer": "limit",
+            "errors": [{"code": "too-many-values", "path": ""}],
+            "base": "valid/minimal.json",
+            "build": {"kind": "extension-array", "member": "x-objects", "item": "{}", "count": 1_500_000},
+            "recipe": 'valid/minimal.json with an extensions member {"x-objects": [{}, {}, ...]} of 1500000 '
+            "empty objects: about 4.5 MB, under the value limit but over the limit of 1500000 objects and "
+            "arrays.",
+        },
         {
             "code": "too-large",
             "layer": "limit",
