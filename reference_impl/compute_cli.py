@@ -213,7 +213,10 @@ def _loss(task: str, model: Any, tokenizer: Any) -> tuple[Any, str]:
         return losses.model_output_loss, "sequence-classification-cross-entropy"
     if task == "causal-lm":
         return losses.causal_lm_loss, "causal-lm-next-token-cross-entropy"
-    return losses.default_loss(model, tokenizer)
+    try:
+        return losses.default_loss(model, tokenizer)
+    except ValueError as exc:  # e.g. a masked-LM loss without a mask token in the tokenizer
+        raise usage("--loss", f"--loss {task}: {exc}") from None
 
 
 def _compute(args: argparse.Namespace, plan: ComputePlan, used: dict[str, list[Any]], files: dict[str, Path]) -> Any:
