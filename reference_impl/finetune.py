@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from reference_impl.cli_common import DEVICES
 from reference_impl.config import choice, config_error, finite_float, fraction, positive_int
 from reference_impl.meter import Meter, StoppingRule
 
@@ -65,7 +66,7 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         choice("task", self.task, TASKS)
         choice("dtype", self.dtype, PRECISIONS)
-        choice("device", self.device, ("auto", "cpu", "cuda"))
+        choice("device", self.device, DEVICES)
         for name in ("max_steps", "batch_size", "seq_len"):
             positive_int(name, getattr(self, name))
         positive_int("seed", self.seed, minimum=0)
