@@ -281,9 +281,19 @@ def _plugins_for(argv: Sequence[str]) -> tuple[str, ...]:
     return PLUGINS
 
 
+def _escape_unprintable_output() -> None:
+    # A message quoting hostile input (a file name, a member name) must never crash the report:
+    # characters the terminal's encoding cannot hold are written as backslash escapes.
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `blueprint` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    _escape_unprintable_output()
     parser = build_parser(_plugins_for(argv))
     try:
         args = parser.parse_args(argv)

@@ -212,7 +212,13 @@ def _parse_located(text: str) -> Any:
     return json.loads(text, object_pairs_hook=_pairs_hook, parse_constant=_parse_constant, parse_int=_parse_int)
 
 
-def _check_tree(root: Any, surrogates: bool) -> Any:
+def check_values(doc: Any) -> None:
+    """Apply the reader's rules on values (depth, finite numbers, no lone surrogates) to values
+    built in Python rather than parsed, without changing them. Raises BlueprintParseError."""
+    _check_tree(doc, surrogates=True, convert=False)
+
+
+def _check_tree(root: Any, surrogates: bool, convert: bool = True) -> Any:
     """Walk the parsed tree depth-first with a stack of iterators (at most MAX_DEPTH deep).
 
     Refuses duplicate names, non-finite numbers, lone surrogates and excess depth, each located
@@ -230,7 +236,7 @@ def _check_tree(root: Any, surrogates: bool) -> Any:
         for key, child in items:
             kind = type(child)
             if kind is int:
-                if not -MAX_SAFE_INTEGER <= child <= MAX_SAFE_INTEGER:
+                if convert and not -MAX_SAFE_INTEGER <= child <= MAX_SAFE_INTEGER:
                     node[key] = _as_double(child, [*keys, key])
             elif kind is float:
                 if child - child != 0:  # inf - inf is nan, and nan != 0
@@ -261,7 +267,7 @@ def _items(node: dict[str, Any] | list[Any], keys: list[str | int], surrogates: 
         return enumerate(node)
     if surrogates:
         for name in node:
-            if _SURROGATE.search(name):
+            if isinstance(name, str) and _SURROGATE.search(name):
                 # Located at the object: a pointer holding the name could not be written as UTF-8.
                 raise _error("lone-surrogate", f"member name {name!a} holds a lone UTF-16 surrogate", keys)
     return iter(node.items())

@@ -74,6 +74,7 @@ def _free_json(value: Any, info: ValidationInfo) -> Any:
             if not all(type(k) is str for k in node):
                 raise ValueError("object member names must be strings")
             stack.extend(node.values())
+            stack.extend(node)  # the names, checked like strings
         elif kind is list:
             stack.extend(node)
         elif kind is int:
@@ -81,7 +82,10 @@ def _free_json(value: Any, info: ValidationInfo) -> Any:
         elif kind is float:
             if not math.isfinite(node):
                 raise ValueError(f"{node} is not a finite number")
-        elif not (node is None or kind is bool or kind is str):
+        elif kind is str:
+            if not node.isascii() and any(0xD800 <= ord(ch) <= 0xDFFF for ch in node):
+                raise ValueError("a string holds a lone UTF-16 surrogate (RFC 8785, I-JSON)")
+        elif not (node is None or kind is bool):
             raise ValueError(f"a {kind.__name__} is not a JSON value")
     if not big_integers:
         return value
@@ -389,7 +393,7 @@ class Blueprint(_Strict):
         every embedded copy cover the whole document, as SPEC 13 requires. (A pointer whose place
         was edited away in the model since is skipped.)
         """
-        self._ignored_members = tuple(members)
+        self._ignored_members = tuple(sorted(members, key=lambda m: m[0]))  # order-free equality
 
     @property
     def ignored_members(self) -> tuple[tuple[str, Any], ...]:

@@ -22,7 +22,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from blueprint_format._version import SUPPORTED_MAJOR, SUPPORTED_MINOR
 from blueprint_format.errors import BlueprintParseError, Issue, Severity, make_error
-from blueprint_format.jsonio import loads_json, paused_gc, read_document
+from blueprint_format.jsonio import check_values, loads_json, paused_gc, read_document
 from blueprint_format.limits import MAX_MODULES
 from blueprint_format.members import walk
 from blueprint_format.models import PARSED_CONTEXT, Blueprint
@@ -72,6 +72,11 @@ def check_document(doc: Any, *, parsed: bool = False) -> tuple[list[Issue], Blue
     `parsed` says that `doc` came from `jsonio.loads_json` (plain JSON, numbers already made
     double-safe), which spares the models a second walk over free-form values.
     """
+    if not parsed:
+        try:  # values built in Python get the reader's checks on values (e.g. no lone surrogates)
+            check_values(doc)
+        except BlueprintParseError as exc:
+            return exc.issues, None
     if not isinstance(doc, dict):
         kind = "an array" if isinstance(doc, list) else f"a {type(doc).__name__}"
         return [make_error("not-an-object", f"a blueprint is a JSON object, this is {kind}")], None
