@@ -26,6 +26,7 @@ from annotated_types import MaxLen
 from pydantic import BaseModel
 
 from blueprint_format.models import Blueprint
+from blueprint_format.pointer import escape
 
 
 @dataclass(frozen=True)
@@ -45,10 +46,6 @@ class Findings:
 
     unknown: list[str] = field(default_factory=list)
     oversized: list[tuple[str, int, int]] = field(default_factory=list)
-
-
-def _escape(token: str | int) -> str:
-    return str(token).replace("~", "~0").replace("/", "~1")
 
 
 def _is_model(tp: Any) -> bool:
@@ -129,9 +126,9 @@ def _walk(value: Any, plan: _Plan, pointer: str, found: Findings) -> None:
         for key, child in value.items():
             child_plan = fields.get(key)
             if child_plan is None:
-                found.unknown.append(f"{pointer}/{_escape(key)}")
+                found.unknown.append(f"{pointer}/{escape(key)}")
             elif child_plan.kind != "leaf" or child_plan.max_entries is not None:
-                _walk(child, child_plan, f"{pointer}/{_escape(key)}", found)
+                _walk(child, child_plan, f"{pointer}/{escape(key)}", found)
     elif plan.kind == "list" and isinstance(value, list) and plan.item is not None:
         if plan.item.kind != "leaf":
             for i, child in enumerate(value[: plan.max_entries]):
@@ -141,7 +138,7 @@ def _walk(value: Any, plan: _Plan, pointer: str, found: Findings) -> None:
             for i, (key, child) in enumerate(value.items()):
                 if plan.max_entries is not None and i >= plan.max_entries:
                     break
-                _walk(child, plan.item, f"{pointer}/{_escape(key)}", found)
+                _walk(child, plan.item, f"{pointer}/{escape(key)}", found)
     elif plan.kind == "union" and isinstance(value, dict):
         chosen = dict(plan.branches).get(value.get("name"))  # type: ignore[arg-type]
         if chosen is not None:

@@ -20,6 +20,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
 from blueprint_format.errors import Issue
+from blueprint_format.pointer import join
 
 _SCHEMA_RELATIVE = Path("v1") / "blueprint.schema.json"
 
@@ -95,10 +96,6 @@ def schema_validator() -> Any:
     return _Validator(_inline_refs(schema, schema.get("$defs", {})))
 
 
-def _pointer(parts: Any) -> str:
-    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
-
-
 _KEYWORD_CODES = {
     "required": "missing-field",
     "additionalProperties": "unknown-field",
@@ -153,7 +150,7 @@ def _issues_for(error: ValidationError, sizes: Mapping[str, int] | None = None) 
     `sizes` gives the true entry count of arrays and objects the validator was shown clipped.
     """
     keyword = str(error.validator)
-    base = _pointer(error.absolute_path)
+    base = join(error.absolute_path)
     instance: Any = error.instance
     value: Any = error.validator_value
     code = _code_for(error)
@@ -164,13 +161,13 @@ def _issues_for(error: ValidationError, sizes: Mapping[str, int] | None = None) 
         known = set(error.schema.get("properties", {})) if isinstance(error.schema, dict) else set()
         extras = [k for k in instance if k not in known]
         return [
-            Issue(code, f"{base}/{_pointer([k])[1:]}", f"member {k!r} is not defined by the spec")
+            Issue(code, f"{base}/{join([k])[1:]}", f"member {k!r} is not defined by the spec")
             for k in extras
         ]
     if "propertyNames" in error.schema_path:
         return [
             Issue(
-                code, f"{base}/{_pointer([instance])[1:]}", f"member name {_short(instance)} is not allowed"
+                code, f"{base}/{join([instance])[1:]}", f"member name {_short(instance)} is not allowed"
             )
         ]
     if keyword == "type":
@@ -215,7 +212,7 @@ def _rule_message(error: ValidationError) -> str:
         )
         const = branch_schema.get("properties", {}).get("name", {}).get("const")
         if const is not None and const == name and "name" not in list(sub.relative_path)[:1]:
-            where = _pointer(sub.relative_path)
+            where = join(sub.relative_path)
             return f"rule {name!r}: {where or 'rule'}: {_issues_for(sub)[0].message}"
     return f"rule {_short(name)} is not a known rule (global-budget, mass-threshold, marginal, or x-...) with valid parameters"
 

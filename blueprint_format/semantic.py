@@ -11,6 +11,7 @@ from pathlib import PurePosixPath
 
 from blueprint_format.errors import Issue, make_error
 from blueprint_format.models import Blueprint, GlobalBudgetRule, MarginalRule, MassShares
+from blueprint_format.pointer import escape
 
 #: Relative tolerance for inequalities between statistics that are computed in floating point.
 STAT_RTOL = 1e-6
@@ -18,10 +19,6 @@ STAT_RTOL = 1e-6
 WEIGHT_ATOL = 1e-6
 #: Tolerance on budget and share comparisons.
 FRACTION_ATOL = 1e-9
-
-
-def _esc(token: str) -> str:
-    return token.replace("~", "~0").replace("/", "~1")
 
 
 def check_names(bp: Blueprint) -> Iterable[Issue]:
@@ -42,7 +39,7 @@ def check_names(bp: Blueprint) -> Iterable[Issue]:
                 yield make_error(
                     "unknown-domain",
                     f"statistics for undeclared domain {key!r}",
-                    f"/modules/{i}/stats/{_esc(key)}",
+                    f"/modules/{i}/stats/{escape(key)}",
                 )
         missing = [d for d in bp.domain_names if d not in m.stats]
         if missing:
@@ -56,7 +53,7 @@ def check_names(bp: Blueprint) -> Iterable[Issue]:
             yield make_error(
                 "unknown-domain",
                 f"weight for undeclared domain {key!r}",
-                f"/allocation/domain_weights/{_esc(key)}",
+                f"/allocation/domain_weights/{escape(key)}",
             )
     ds = bp.data_selection
     if ds is not None and ds.domain is not None and ds.domain not in domains:
@@ -92,7 +89,7 @@ def check_ranks(bp: Blueprint) -> Iterable[Issue]:
         entries = [
             (i, m.stats[d].rank, m.stats[d].grad_norm_mean) for i, m in enumerate(bp.modules) if d in m.stats
         ]
-        prefix = f"/stats/{_esc(d)}/rank"
+        prefix = f"/stats/{escape(d)}/rank"
         yield from _check_ranking(entries, lambda i, suffix=prefix: f"/modules/{i}{suffix}", f"domain {d!r}")
     with_combined = [i for i, m in enumerate(bp.modules) if m.combined is not None]
     if with_combined and len(with_combined) != len(bp.modules):
@@ -114,7 +111,7 @@ def check_statistics(bp: Blueprint) -> Iterable[Issue]:
     """Mean square >= squared mean (Jensen); norm of the mean <= mean of the norms (triangle inequality)."""
     for i, m in enumerate(bp.modules):
         for d, s in m.stats.items():
-            base = f"/modules/{i}/stats/{_esc(d)}"
+            base = f"/modules/{i}/stats/{escape(d)}"
             squared_mean = s.grad_norm_mean * s.grad_norm_mean
             if s.grad_norm_sq_mean < squared_mean * (1 - STAT_RTOL):
                 yield make_error(
