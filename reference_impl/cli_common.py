@@ -10,7 +10,7 @@ and may override a default per command. Everything here follows one convention:
 * configuration objects validate themselves and raise `reference_impl.config.ConfigError`
   located at a field; `usage_from_config` turns it into the same usage-error naming the flag;
 * `--quiet` silences third-party output too (transformers' load reports, progress bars,
-  Python warnings): `quiet_third_party`.
+  Python warnings): `quiet_output`.
 
 Only the standard library and blueprint_format are imported at module level, so that building
 the `blueprint` parser never imports torch.
@@ -45,16 +45,12 @@ _NAME_RE = re.compile(NAME_PATTERN)
 
 @dataclass(frozen=True)
 class Option:
-    """One shared flag: its spellings, argparse settings and help text.
-
-    `aliases` are older spellings kept working for existing command lines; they are accepted
-    but not listed in --help.
-    """
+    """One shared flag: its spellings, argparse settings and help text. (A command that must
+    keep an older spelling working adds it with `add_hidden_alias`.)"""
 
     flags: tuple[str, ...]
     help: str
     settings: Mapping[str, Any] = field(default_factory=dict)
-    aliases: tuple[str, ...] = ()
 
     @property
     def dest(self) -> str:
@@ -117,8 +113,6 @@ def add_options(
         option = OPTIONS[name]
         settings = {**option.settings, "help": option.help, **(overrides or {}).get(name, {})}
         parser.add_argument(*option.flags, **settings)
-        for alias in option.aliases:
-            parser.add_argument(alias, **{**settings, "dest": option.dest, "help": argparse.SUPPRESS})
 
 
 def add_hidden_alias(parser: argparse.ArgumentParser, alias: str, name: str) -> None:
