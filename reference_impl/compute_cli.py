@@ -27,9 +27,10 @@ from reference_impl.cli_common import (
     usage_from_config,
 )
 from reference_impl.config import positive_int
+from reference_impl.model_loading import TASK_CLASSES
 
-#: Loss choices: "auto" (the model's own task) or a task of reference_impl.model_loading.
-LOSSES = ("auto", "causal-lm", "masked-lm", "sequence-classification", "contrastive")
+#: Loss choices: "auto" (the model's own task) or a task the model loader knows.
+LOSSES = ("auto", *TASK_CLASSES)
 SIDECAR_GRANULARITIES: tuple[str, ...] = typing.get_args(SidecarGranularity)
 #: Configuration fields whose flag is not their name with dashes.
 FLAGS = {
