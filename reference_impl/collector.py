@@ -1,45 +1,53 @@
-"""On-device accumulation of per-module gradient statistics.
+"""Accumulation of per-module gradient statistics, on the device and in bounded memory.
 
-After each backward pass `GradientCollector.accumulate` does, for all trainable parameters at once
-and without any host synchronisation:
+For every batch the collector needs each module's gradient norm, and over a domain the running
+sum of the gradients (for the norm of the mean gradient, the element shares and the per-element
+scores that rank elements within a module). How the gradients are read depends on the mode:
 
-* one fused `torch._foreach_norm` over the gradients, giving each parameter's L2 norm;
-* a segment sum of the squared norms into the modules (`index_add_`), whose square roots are the
-  batch's per-module gradient norms, appended to a list of small device tensors;
-* one fused `torch._foreach_add_` of the gradients into a running sum per parameter, from which
-  the norm of the mean gradient and the per-element gain curves follow at the end of a domain.
+* "stream" (one process, or a plain process group where each process takes its own batches): a
+  post-accumulate-grad hook on every trainable parameter takes the batch's gradient the moment
+  backward has produced it, records its squared norm, adds it into the parameter's running sum
+  (the first batch's gradient simply becomes the sum) and frees it. So at most a few gradients
+  exist at once and the model-sized memory is the weights plus one running sum, in float32
+  (float64 for float64 weights) whatever the weights' dtype: half and bfloat16 weights get
+  float32 accumulation. An embedding's sparse gradient is added as it is.
+* "synchronized" (DistributedDataParallel): the gradients are already averaged across processes
+  during backward; after backward the collector reads them, adds them into the sums and frees
+  them. A "batch" is the union of the processes' local batches.
+* "sharded" (FSDP2, `fully_shard`): as "synchronized", but every process holds only its shard of
+  each gradient; module norms are assembled from the shards' squared norms (see sharded.py).
 
-At the end of a domain the per-batch norms come to the host in one transfer. Under
-torch.distributed the accumulators are combined across processes (see `end_domain`).
-
-Distributed modes. Without DDP every process handles its own batches (a plain process group): the
-per-batch norms are all-gathered and the gradient sums all-reduced, so the statistics equal those of
-one process seeing all batches. With DistributedDataParallel the gradients are already averaged
-across processes during backward: a "batch" is then the union of the processes' local batches, all
-processes hold identical gradients, and nothing needs reducing except the example counts.
-FSDP is not supported: under FSDP a process holds only a shard of each gradient (flattened across
-module boundaries in FlatParameters), so per-module norms would need a reduction of partial squared
-norms per module plus a mapping from flat shards back to parameters; `compute_blueprint` refuses a
-model wrapped in FullyShardedDataParallel rather than report norms of shards.
+Squared per-module norms are kept per batch as small device tensors (one segment sum per batch,
+no host synchronisation) and come to the host once per domain. At the end of a domain the sums
+become the mean gradient in place, then the domain's per-element score terms; while more domains
+follow, those terms go to `score_store.CombinedScores` (a temporary file), so memory does not grow
+with the number of domains.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from reference_impl import heavy_tail
+from reference_impl.embedding_grads import EmbeddingGrads
 from reference_impl.model_binding import BoundModule
-from reference_impl.sketch import GainCurve, exact_curve, histogram, row_curve, sketch_curve
+from reference_impl.score_store import CombinedScores
+from reference_impl.sharded import all_reduce_, distributed, gather_values, is_dtensor, local
+from reference_impl.sketch import GainCurve, curve_from_histogram, exact_curve, histogram, row_curve
 
 #: Up to this many trainable elements in total, element-level shares and gain curves are exact.
 EXACT_ELEMENT_LIMIT = 1 << 22
 #: How often (in local batches) the loop checks for non-finite gradients: one sync per window.
 FINITE_CHECK_EVERY = 64
+MODES = ("stream", "synchronized", "sharded")
 
 
 class NonFiniteGradient(Exception):
@@ -63,28 +71,30 @@ class DomainStats:
     reached: np.ndarray  # (modules,) bool: the loss reached the module in some batch
 
 
-def _distributed() -> tuple[bool, int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return True, dist.get_rank(), dist.get_world_size()
-    return False, 0, 1
-
-
 class GradientCollector:
     """Accumulates gradient statistics of `modules` batch by batch, per domain.
 
-    `synchronized_grads` says that gradients are already identical across processes (DDP);
-    otherwise each process contributes different batches and results are combined at the end.
+    `mode` is one of MODES (see the module docstring). In "stream" mode the collector hooks the
+    parameters from construction until `close()`; call `close()` when done. `model`: in stream
+    mode, also make its embeddings' gradients sparse and split tied heads for the computation
+    (embedding_grads.py; `close()` restores it). `spill_dir`: where the combined scores of
+    finished domains go while more domains follow (default: the system's temporary folder).
     """
 
     def __init__(
         self,
         modules: list[BoundModule],
         device: torch.device,
-        synchronized_grads: bool = False,
+        mode: str = "stream",
         exact_limit: int = EXACT_ELEMENT_LIMIT,
+        spill_dir: str | Path | None = None,
+        model: torch.nn.Module | None = None,
     ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}")
         self.modules = modules
         self.device = device
+        self.mode = mode
         self.params: list[torch.nn.Parameter] = [p for m in modules for p in m.params]
         if not self.params:
             raise ValueError("no trainable parameters to collect")
@@ -94,58 +104,115 @@ class GradientCollector:
         self._acc_dtype = torch.float32 if device.type == "mps" else torch.float64
         # Norms are taken in float32 (widening half/bfloat16 gradients) unless the model is float64.
         self._norm_dtype = torch.float64 if any(p.dtype == torch.float64 for p in self.params) else torch.float32
-        self.synchronized_grads = synchronized_grads
-        self.total_elements = sum(int(p.numel()) for p in self.params)
+        self._sum_dtype = [torch.float64 if p.dtype == torch.float64 else torch.float32 for p in self.params]
+        self.total_elements = sum(int(p.numel()) for p in self.params)  # global counts, also for DTensors
         self.exact = self.total_elements <= exact_limit
-        self._zeros: dict[int, torch.Tensor] = {}
-        self._sums: list[torch.Tensor] = []
-        self._combined: list[torch.Tensor] | None = None
-        self._norms: list[torch.Tensor] = []
-        self._batch_ids: list[int] = []
-        self._reached = [False] * len(self.params)
+        self.scores = CombinedScores([local(p).shape for p in self.params], device, spill_dir)
+        # Under FSDP2 a parameter left out of sharding (a scalar) is replicated: every process
+        # holds all of it, so only the first process counts it when shards' partials are summed.
+        rank = distributed()[1]
+        self._replicated = [mode == "sharded" and not is_dtensor(p) for p in self.params]
+        self._counted = [not r or rank == 0 for r in self._replicated]
+        self._zero = torch.zeros((), dtype=self._acc_dtype, device=device)
+        self._handles: list[Any] = []
+        self._embeddings: EmbeddingGrads | None = None
+        self.begin_domain()
+        if mode == "stream":
+            self._hook_parameters(model)
+
+    def _hook_parameters(self, model: torch.nn.Module | None) -> None:
+        targets: list[tuple[int, torch.nn.Parameter, bool]] = [(j, p, False) for j, p in enumerate(self.params)]
+        if model is not None:
+            self._embeddings = EmbeddingGrads(model, self.params, self._take, self._add_sq)
+            targets += [(j, alias, True) for j, alias in self._embeddings.aliases]
+        self._handles = [
+            p.register_post_accumulate_grad_hook(self._hook(j, alias))  # type: ignore[no-untyped-call]
+            for j, p, alias in targets
+        ]
+
+    def close(self) -> None:
+        """Remove the gradient hooks, give the model's embeddings back, delete the score file."""
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        if self._embeddings is not None:
+            self._embeddings.close()
+            self._embeddings = None
+        self.scores.close()
 
     # -- per batch -------------------------------------------------------------------------
     def begin_domain(self) -> None:
         """Reset the per-domain accumulators."""
-        self._sums = [
-            torch.zeros_like(p, dtype=torch.float64 if p.dtype == torch.float64 else torch.float32,
-                             memory_format=torch.contiguous_format)
-            for p in self.params
-        ]
-        self._norms = []
-        self._batch_ids = []
+        self._sums: list[torch.Tensor | None] = [None] * len(self.params)
+        self._batch_sq: list[torch.Tensor | None] = [None] * len(self.params)
+        self._rows: list[torch.Tensor] = []
+        self._batch_ids: list[int] = []
         self._reached = [False] * len(self.params)
 
-    def _grads(self) -> list[torch.Tensor]:
-        grads: list[torch.Tensor] = []
-        for j, p in enumerate(self.params):
+    def _hook(self, j: int, alias: bool) -> Callable[[torch.Tensor], None]:
+        def hook(p: torch.Tensor) -> None:
             g = p.grad
+            p.grad = None  # the gradient lives on only as part of the running sum
             if g is None:
-                # Unreached in this batch: its gradient is zero. The zero tensor is made once.
-                z = self._zeros.get(j)
-                if z is None:
-                    z = torch.zeros_like(p)
-                    self._zeros[j] = z
-                grads.append(z)
+                return
+            if self._embeddings is not None and j in self._embeddings.pairs:
+                self._embeddings.parts(j, g, alias)
             else:
-                self._reached[j] = True
-                grads.append(g.to_dense() if g.is_sparse else g)
-        return grads
+                self._take(j, g)
+
+        return hook
+
+    def _add_sq(self, j: int, value: torch.Tensor) -> None:
+        """Add a cross term of a parameter's parts to its squared norm of the batch."""
+        prev = self._batch_sq[j]
+        v = value.to(self._acc_dtype)
+        self._batch_sq[j] = v if prev is None else prev + v
+
+    def _take(self, j: int, g: torch.Tensor) -> None:
+        """Record gradient `g` of parameter j (this batch): its squared norm, and add it to the sum."""
+        if g.is_sparse:
+            g = g.coalesce()
+        sq = self._sq_norm(g.values() if g.is_sparse else g) if self._counted[j] else self._zero
+        prev = self._batch_sq[j]
+        self._batch_sq[j] = sq if prev is None else prev + sq
+        self._reached[j] = True
+        s = self._sums[j]
+        if s is not None:
+            s.add_(g)
+        elif g.is_sparse:
+            self._sums[j] = g.to_dense().to(self._sum_dtype[j])
+        elif g.dtype == self._sum_dtype[j] and g.is_contiguous() and g._base is None:
+            self._sums[j] = g  # the first batch's gradient becomes the sum (nobody else holds it)
+        else:
+            self._sums[j] = g.to(self._sum_dtype[j], memory_format=torch.contiguous_format)
+
+    def _sq_norm(self, t: torch.Tensor) -> torch.Tensor:
+        """Squared L2 norm: the norm taken in the norm dtype, squared in the accumulation dtype."""
+        n: torch.Tensor = torch.linalg.vector_norm(t, dtype=self._norm_dtype).to(self._acc_dtype)
+        return n * n
 
     def accumulate(self, batch_index: int) -> None:
-        """Fold the gradients now in `.grad` (one batch) into the accumulators. No host sync."""
-        grads = self._grads()
-        norms = torch.stack(torch._foreach_norm(grads, 2, dtype=self._norm_dtype)).to(self._acc_dtype)
+        """Fold the batch that just ran backward into the accumulators. No host sync."""
+        if self.mode != "stream":
+            for j, p in enumerate(self.params):
+                if p.grad is not None:
+                    g = local(p.grad)
+                    p.grad = None
+                    if self._replicated[j]:  # FSDP2 did not average it: each process has its own
+                        g = all_reduce_(g.clone()).div_(distributed()[2])
+                    self._take(j, g)
+        sq = torch.stack([self._zero if s is None else s for s in self._batch_sq])
+        self._batch_sq = [None] * len(self.params)
+        if self._embeddings is not None:
+            self._embeddings.end_batch()
         module_sq = torch.zeros(len(self.modules), dtype=self._acc_dtype, device=self.device)
-        module_sq.index_add_(0, self._owner, norms * norms)
-        self._norms.append(module_sq.sqrt_())
+        self._rows.append(module_sq.index_add_(0, self._owner, sq))
         self._batch_ids.append(batch_index)
-        torch._foreach_add_(self._sums, grads)
-        if len(self._norms) % FINITE_CHECK_EVERY == 0 and not _distributed()[0]:
-            self._check_finite(self._norms[-FINITE_CHECK_EVERY:], self._batch_ids[-FINITE_CHECK_EVERY:])
+        if len(self._rows) % FINITE_CHECK_EVERY == 0 and not distributed()[0]:
+            self._check_finite(self._rows[-FINITE_CHECK_EVERY:], self._batch_ids[-FINITE_CHECK_EVERY:])
 
-    def _check_finite(self, norms: list[torch.Tensor], ids: list[int]) -> None:
-        block = torch.stack(norms)
+    def _check_finite(self, rows: list[torch.Tensor], ids: list[int]) -> None:
+        block = torch.stack(rows)
         if bool(torch.isfinite(block).all().item()):
             return
         bad_rows = (~torch.isfinite(block)).any(dim=1).nonzero().flatten().tolist()
@@ -154,86 +221,95 @@ class GradientCollector:
         raise NonFiniteGradient(ids[row], [self.modules[int(c)].name for c in bad_cols])
 
     # -- per domain ------------------------------------------------------------------------
-    def end_domain(self, weight: float) -> DomainStats:
-        """Combine across processes, finish the domain's statistics and fold its element
-        masses (weighted by `weight`) into the combined per-element scores for allocation."""
-        is_dist, _, world = _distributed()
-        combine = is_dist and world > 1 and not self.synchronized_grads
-        if self._norms:
-            local = torch.stack(self._norms)
-        else:
-            local = torch.zeros((0, len(self.modules)), dtype=self._acc_dtype, device=self.device)
-        # Every process must learn of a bad batch anywhere, or the others would wait forever.
-        bad = (~torch.isfinite(local)).any().to(torch.float32).reshape(1)
-        if is_dist and world > 1:
-            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
-        if bool(bad.item()):
-            if self._norms:
-                self._check_finite(self._norms, self._batch_ids)
-            raise NonFiniteGradient(-1, ["(a batch on another process)"])
-        reached_list = [0.0] * len(self.modules)
-        for j, o in enumerate(self._owner_list):
-            if self._reached[j]:
-                reached_list[o] = 1.0
-        reached = torch.tensor(reached_list, dtype=torch.float32, device=self.device)
-        count = torch.tensor([float(local.shape[0])], dtype=torch.float64, device=self.device)
-        if combine:
-            local, count = self._gather_norms(local, world)
-            for s in self._sums:
-                dist.all_reduce(s, op=dist.ReduceOp.SUM)
-            dist.all_reduce(reached, op=dist.ReduceOp.MAX)
-        n_batches = int(count.item())
+    def end_domain(self, weight: float, more: bool = False) -> DomainStats:
+        """Combine across processes and finish the domain's statistics; fold its per-element
+        score terms (weighted by `weight`) into the combined scores. `more`: further domains
+        follow (their terms are then kept in the score store's file, not in memory)."""
+        local_sq = self._local_rows()
+        self._raise_if_non_finite(local_sq)
+        rows, n_batches = self._combined_rows(local_sq)
         if n_batches == 0:
             raise ValueError("no batches were processed in this domain")
-        # Mean gradient per element, in place (the sums are not needed afterwards).
-        torch._foreach_div_(self._sums, float(n_batches))
-        mean = self._sums
-        pnorm = torch.stack(torch._foreach_norm(mean, 2, dtype=self._norm_dtype)).to(self._acc_dtype)
-        msq = torch.zeros(len(self.modules), dtype=self._acc_dtype, device=self.device)
-        msq.index_add_(0, self._owner, pnorm * pnorm)
-        mean_grad_norm = msq.sqrt()
-
+        reached = self._reached_modules()
+        mean = self._mean(n_batches)
+        module_sq = self._module_sq(mean)
         shares, exact = self._element_shares(mean)
-        self._fold_combined(mean, msq, weight)
-
-        host = torch.cat([local.reshape(-1), mean_grad_norm, reached.to(self._acc_dtype)]).to("cpu", torch.float64)
+        self._fold(mean, module_sq, weight, more)
+        # clamp: a tied parameter's norm adds a cross term, which rounding may leave a hair below 0
+        host = torch.cat([rows.clamp_min(0).sqrt().reshape(-1), module_sq.sqrt(), reached]).to("cpu", torch.float64).numpy()
         m = len(self.modules)
-        arr = host.numpy()
-        batch_norms = arr[: n_batches * m].reshape(n_batches, m)
-        self._sums = []
+        self.begin_domain()
         return DomainStats(
-            batch_norms=batch_norms,
-            mean_grad_norm=arr[n_batches * m : n_batches * m + m].copy(),
+            batch_norms=host[: n_batches * m].reshape(n_batches, m),
+            mean_grad_norm=host[n_batches * m : n_batches * m + m].copy(),
             element_shares=shares,
             element_shares_exact=exact,
-            reached=arr[n_batches * m + m :] > 0,
+            reached=host[n_batches * m + m :] > 0,
         )
 
-    def _gather_norms(self, local: torch.Tensor, world: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """All-gather per-batch norm rows of unequal counts (padded with NaN, then dropped)."""
-        m = len(self.modules)
-        n_local = torch.tensor([local.shape[0]], dtype=torch.long, device=self.device)
-        dist.all_reduce(n_local, op=dist.ReduceOp.MAX)
-        n_max = int(n_local.item())
-        padded = torch.full((n_max, m), math.nan, dtype=self._acc_dtype, device=self.device)
-        padded[: local.shape[0]] = local
-        valid = torch.zeros(n_max, dtype=self._acc_dtype, device=self.device)
-        valid[: local.shape[0]] = 1
-        parts = [torch.empty_like(padded) for _ in range(world)]
-        flags = [torch.empty_like(valid) for _ in range(world)]
-        dist.all_gather(parts, padded)
-        dist.all_gather(flags, valid)
-        rows = torch.cat([p[f > 0] for p, f in zip(parts, flags)])
-        return rows, torch.tensor([float(rows.shape[0])], dtype=torch.float64, device=self.device)
+    def _local_rows(self) -> torch.Tensor:
+        if self._rows:
+            return torch.stack(self._rows)
+        return torch.zeros((0, len(self.modules)), dtype=self._acc_dtype, device=self.device)
 
-    def _element_shares(self, mean: list[torch.Tensor]) -> tuple[dict[str, float], bool]:
+    def _raise_if_non_finite(self, local_sq: torch.Tensor) -> None:
+        # Every process must learn of a bad batch anywhere, or the others would wait forever.
+        bad = all_reduce_((~torch.isfinite(local_sq)).any().to(torch.float32).reshape(1), "max")
+        if bool(bad.item()):
+            if self._rows:
+                self._check_finite(self._rows, self._batch_ids)
+            raise NonFiniteGradient(-1, ["(a batch on another process)"])
+
+    def _combined_rows(self, local_sq: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Per-batch squared module norms of the whole domain, and the number of batches."""
+        on, _, world = distributed()
+        if not on or world == 1 or self.mode == "synchronized":
+            return local_sq, int(local_sq.shape[0])
+        if self.mode == "sharded":
+            # Same batches on every process, each holding a shard: squared norms add up.
+            return all_reduce_(local_sq.contiguous()), int(local_sq.shape[0])
+        # Plain process group: every process ran other batches; gather their rows, sum the sums.
+        rows = _gather_rows(local_sq, world)
+        for j, s in enumerate(self._sums):
+            if s is None:
+                s = self._sums[j] = torch.zeros_like(local(self.params[j]), dtype=self._sum_dtype[j])
+            dist.all_reduce(s, op=dist.ReduceOp.SUM)
+        return rows, int(rows.shape[0])
+
+    def _reached_modules(self) -> torch.Tensor:
+        flags = [0.0] * len(self.modules)
+        for j, o in enumerate(self._owner_list):
+            if self._reached[j]:
+                flags[o] = 1.0
+        return all_reduce_(torch.tensor(flags, dtype=self._acc_dtype, device=self.device), "max")
+
+    def _mean(self, n_batches: int) -> list[torch.Tensor | None]:
+        """The running sums divided by the number of batches, in place (None: never reached)."""
+        present = [s for s in self._sums if s is not None]
+        if present:
+            torch._foreach_div_(present, float(n_batches))
+        sums, self._sums = self._sums, [None] * len(self.params)
+        return sums
+
+    def _module_sq(self, mean: list[torch.Tensor | None]) -> torch.Tensor:
+        """Squared norm of the mean gradient per module (assembled from shards when sharded)."""
+        sq = torch.stack([self._zero if a is None or not c else self._sq_norm(a) for a, c in zip(mean, self._counted)])
+        module_sq = torch.zeros(len(self.modules), dtype=self._acc_dtype, device=self.device)
+        module_sq.index_add_(0, self._owner, sq)
+        return all_reduce_(module_sq) if self.mode == "sharded" else module_sq
+
+    def _element_shares(self, mean: list[torch.Tensor | None]) -> tuple[dict[str, float], bool]:
         """Top-p shares of sum |mean gradient| over every trainable element."""
+        sharded = self.mode == "sharded"
         if self.exact:
-            flat = torch.cat([a.reshape(-1) for a in mean]).abs().to("cpu", torch.float64).numpy()
-            return heavy_tail.mass_shares(flat), True
-        # Largest |value| per tensor without a temporary: the infinity norm.
-        top = torch.stack(torch._foreach_norm(mean, math.inf)).max()
-        counts, masses = histogram(list(mean), top, absolute=True)
+            flat = torch.cat([
+                (a.reshape(-1).abs() if a is not None else torch.zeros(local(p).numel(), device=self.device))
+                .to(torch.float64) for a, p, c in zip(mean, self.params, self._counted) if c
+            ])
+            if sharded:
+                flat = gather_values(flat)
+            return heavy_tail.mass_shares(flat.cpu().numpy()), True
+        counts, masses = self._histogram(mean, absolute=True, counted=self._counted)
         keep = counts > 0
         c_h = counts[keep].to("cpu", torch.float64).numpy()
         w_h = masses[keep].to("cpu", torch.float64).numpy()
@@ -242,16 +318,49 @@ class GradientCollector:
         cum = np.concatenate([[0.0], np.cumsum(w_h) / total_w]) if total_w > 0 else fractions
         return heavy_tail.shares_from_curve(fractions, cum, int(c_h.sum())), False
 
-    def _fold_combined(self, mean: list[torch.Tensor], module_sq: torch.Tensor, weight: float) -> None:
-        """combined += weight * mean^2 / (module's sum of mean^2), element-wise, in place on `mean`."""
-        torch._foreach_mul_(mean, mean)
+    def _histogram(
+        self, tensors: list[torch.Tensor | None], absolute: bool, counted: list[bool],
+        params: list[torch.nn.Parameter] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-binned (counts, masses) of the tensors' elements (None: zeros of the parameter's
+        size), merged over processes when sharded; tensors not `counted` here are left out."""
+        params = params if params is not None else self.params
+        tensors = [t for t, c in zip(tensors, counted) if c]
+        params = [p for p, c in zip(params, counted) if c]
+        present = [t for t in tensors if t is not None and t.numel()]
+        top = torch.stack([torch.linalg.vector_norm(t, math.inf) for t in present]).max() if present else self._zero
+        if self.mode == "sharded":
+            top = all_reduce_(top.to(torch.float64).reshape(1), "max")[0]
+        counts, masses = histogram(present, top, absolute=absolute) if present else histogram([], 0.0)
+        counts = counts.to(self.device)
+        masses = masses.to(self.device)
+        counts[-1] += sum(local(p).numel() for t, p in zip(tensors, params) if t is None)
+        if self.mode == "sharded":
+            all_reduce_(counts)
+            all_reduce_(masses)
+        return counts, masses
+
+    def _fold(self, mean: list[torch.Tensor | None], module_sq: torch.Tensor, weight: float, more: bool) -> None:
+        """mean -> weight * mean^2 / (module's sum of mean^2), in place; then into the scores."""
         scale = torch.where(module_sq > 0, weight / module_sq.clamp_min(1e-300), torch.zeros_like(module_sq))
-        per_param = scale[self._owner].to(torch.float32)
-        torch._foreach_mul_(mean, list(per_param.unbind()))
-        if self._combined is None:
-            self._combined = mean
-        else:
-            torch._foreach_add_(self._combined, mean)
+        per_param = scale[self._owner].to(torch.float32).tolist()
+        terms: list[torch.Tensor | None] = []
+        for j, a in enumerate(mean):
+            if a is not None:
+                a = a.square_().mul_(per_param[j]).to(torch.float32)
+            if more:
+                self.scores.spill(j, a)  # then dropped: memory stays one model-sized buffer
+                mean[j] = None
+            else:
+                terms.append(a)
+        if not more:
+            self.scores.finish(terms)
+
+    # -- results -----------------------------------------------------------------------------
+    def _final(self) -> list[torch.Tensor | None]:
+        if self.scores.tensors is None:
+            raise RuntimeError("scores need a finished last domain (end_domain(..., more=False))")
+        return self.scores.tensors
 
     def score_tensors(self, granularity: str, keep: list[int]) -> dict[str, torch.Tensor]:
         """Combined per-element (or per-row) scores of the kept modules, by tensor name, on the CPU.
@@ -259,8 +368,9 @@ class GradientCollector:
         The score is the domain-weighted squared mean gradient, normalised within each module and
         domain (the quantity the gain curves rank); rows sum it over each row of a parameter.
         """
-        if self._combined is None:
-            raise RuntimeError("scores need at least one finished domain")
+        if self.mode == "sharded":
+            raise RuntimeError("score sidecars are not written from sharded (FSDP) computations")
+        final = self._final()
         out: dict[str, torch.Tensor] = {}
         start = 0
         offsets = []
@@ -270,7 +380,9 @@ class GradientCollector:
         for i in keep:
             m = self.modules[i]
             for j, name in enumerate(m.tensor_names):
-                v = self._combined[offsets[i] + j].detach()
+                p = m.params[j]
+                v = final[offsets[i] + j]
+                v = torch.zeros(p.shape, dtype=torch.float32) if v is None else v.detach()
                 if granularity == "row":
                     v = v.reshape(v.shape[0], -1).sum(dim=1) if v.dim() >= 1 else v.reshape(1)
                 out[name] = v.to("cpu", torch.float32).contiguous()
@@ -283,24 +395,51 @@ class GradientCollector:
         granularity "element": units are single elements (exact or sketched by size);
         "row": units are rows (first dimension) of each parameter, exact.
         """
-        if self._combined is None:
-            raise RuntimeError("gain curves need at least one finished domain")
+        final = self._final()
         curves: list[GainCurve] = []
         start = 0
         for m in self.modules:
-            vals = self._combined[start : start + len(m.params)]
+            part = slice(start, start + len(m.params))
             start += len(m.params)
+            params, counted = self.params[part], self._counted[part]
+            vals = [
+                v if v is not None else torch.zeros(local(p).shape, dtype=torch.float32, device=self.device)
+                for v, p in zip(final[part], params)
+            ]
+            mine = [v for v, c in zip(vals, counted) if c]
             if granularity == "row":
-                sizes: list[torch.Tensor] = []
-                masses: list[torch.Tensor] = []
-                for v in vals:
-                    rows = v.reshape(v.shape[0], -1) if v.dim() >= 1 else v.reshape(1, 1)
-                    masses.append(rows.to(torch.float64).sum(dim=1))
-                    sizes.append(torch.full((rows.shape[0],), rows.shape[1], dtype=torch.int64, device=v.device))
-                curves.append(row_curve(torch.cat(sizes), torch.cat(masses)))
+                curves.append(self._row_curve(mine))
+            elif self.exact:
+                flat = torch.cat([v.reshape(-1) for v in mine]) if mine else torch.zeros(0, device=self.device)
+                curves.append(exact_curve(gather_values(flat) if self.mode == "sharded" else flat))
             else:
-                if self.exact:
-                    curves.append(exact_curve(torch.cat([v.reshape(-1) for v in vals])))
-                else:
-                    curves.append(sketch_curve(list(vals)))
+                curves.append(curve_from_histogram(*self._histogram(list(vals), False, counted, params)))
         return curves
+
+    def _row_curve(self, vals: list[torch.Tensor]) -> GainCurve:
+        sizes: list[torch.Tensor] = [torch.zeros(0, dtype=torch.int64, device=self.device)]
+        masses: list[torch.Tensor] = [torch.zeros(0, dtype=torch.float64, device=self.device)]
+        for v in vals:
+            rows = v.reshape(v.shape[0], -1) if v.dim() >= 1 else v.reshape(1, 1)
+            masses.append(rows.to(torch.float64).sum(dim=1))
+            sizes.append(torch.full((rows.shape[0],), rows.shape[1], dtype=torch.int64, device=v.device))
+        size, mass = torch.cat(sizes), torch.cat(masses)
+        if self.mode == "sharded":  # FSDP2 shards on the first dimension: rows are whole
+            size, mass = gather_values(size), gather_values(mass)
+        return row_curve(size, mass)
+
+
+def _gather_rows(local_sq: torch.Tensor, world: int) -> torch.Tensor:
+    """All-gather per-batch rows of unequal counts (padded with NaN, then dropped)."""
+    m = local_sq.shape[1]
+    n_local = all_reduce_(torch.tensor([local_sq.shape[0]], dtype=torch.long, device=local_sq.device), "max")
+    n_max = int(n_local.item())
+    padded = torch.full((n_max, m), math.nan, dtype=local_sq.dtype, device=local_sq.device)
+    padded[: local_sq.shape[0]] = local_sq
+    valid = torch.zeros(n_max, dtype=local_sq.dtype, device=local_sq.device)
+    valid[: local_sq.shape[0]] = 1
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    flags = [torch.empty_like(valid) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    dist.all_gather(flags, valid)
+    return torch.cat([p[f > 0] for p, f in zip(parts, flags)])

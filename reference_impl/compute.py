@@ -54,6 +54,7 @@ from reference_impl.data_selection import data_fingerprint
 from reference_impl.errors import compute_error, input_error
 from reference_impl.losses import LossFn, default_loss
 from reference_impl.model_binding import ModuleLayout, module_layout
+from reference_impl.sharded import is_fsdp1, is_fsdp2
 from reference_impl.statistics import STATISTICS
 
 __all__ = [
@@ -119,6 +120,9 @@ class ComputeConfig:
     Sidecar: write the combined row- or element-level scores (`sidecar_granularity`) to the
     safetensors file `sidecar`, referenced from the blueprint as `sidecar_ref` (default: the
     file's name, i.e. beside the blueprint) with its digest.
+    `spill_dir`: where the combined per-element scores of finished domains wait, in a temporary
+    file, while further domains run (default: the system's temporary folder); it keeps memory
+    from growing with the number of domains (see score_store.py).
 
     A bad value raises `ConfigError` (code usage-error) located at the field's name.
     """
@@ -149,6 +153,7 @@ class ComputeConfig:
     sidecar: str | Path | None = None
     sidecar_granularity: str = "row"
     sidecar_ref: str | None = None
+    spill_dir: str | Path | None = None
 
     def __post_init__(self) -> None:
         self._check_allocation()
@@ -159,7 +164,7 @@ class ComputeConfig:
         ):
             _fits(name, getattr(self, name), annotated)
         choice("sidecar_granularity", self.sidecar_granularity, SIDECAR_GRANULARITIES)
-        for name in ("model_path", "sidecar"):
+        for name in ("model_path", "sidecar", "spill_dir"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), (str, Path)):
                 raise config_error(name, f"{name} must be a path, got {type(getattr(self, name)).__name__}")
 
@@ -261,12 +266,6 @@ def _batch_seed(seed: int, domain_index: int, batch_index: int) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-def _is_fsdp(model: nn.Module) -> bool:
-    if "FullyShardedDataParallel" in type(model).__name__:
-        return True
-    return any(type(p).__name__ == "DTensor" or "DTensor" in type(p.data).__name__ for p in model.parameters())
-
-
 def _progress(total: int | None, desc: str, enabled: bool) -> Any:
     if not enabled:
         return contextlib.nullcontext(None)
@@ -305,7 +304,7 @@ class _Run:
     config: ComputeConfig
     model: nn.Module  # as given (possibly wrapped in DDP)
     inner: nn.Module  # the unwrapped model
-    ddp: bool
+    mode: str  # the collector's mode: "stream", "synchronized" (DDP) or "sharded" (FSDP2)
     loss_fn: LossFn
     loss_name: str
     device: torch.device
@@ -352,9 +351,10 @@ def compute_blueprint(
     `on_domain_done(name, stats)` is called after each domain.
 
     Under torch.distributed each process takes every world_size-th batch (`shard_batches`) and
-    the results are combined; every process returns the same blueprint. DDP-wrapped models work
-    (a batch is then the union of the processes' batches); FSDP is refused, because its processes
-    hold only shards of flattened gradients (see `reference_impl.collector`).
+    the results are combined; every process returns the same blueprint. Models wrapped in DDP or
+    sharded with FSDP2 (`fully_shard`) work; a batch is then the union of the processes' batches,
+    and under FSDP2 module norms are assembled from the gradient shards (sharded.py). FSDP1
+    (FullyShardedDataParallel) is refused: its flattened shards do not map back to parameters.
 
     Raises ConfigError (usage-error) for bad settings or arguments, ComputeError /
     ComputeInputError (BlueprintError subclasses) for refused input or a failed computation.
@@ -363,23 +363,26 @@ def compute_blueprint(
     cfg = _with_settings(config, settings)
     run = _prepare(model, domains, loss_fn, cfg, tokenizer)
     run.on_domain_done = on_domain_done
-    run.model.to(run.device)
+    if run.mode != "sharded":  # FSDP2 placed the shards already
+        run.model.to(run.device)
     was_training = run.model.training
     run.model.eval()
+    run.model.zero_grad(set_to_none=True)
     collector = GradientCollector(
-        run.layout.modules, run.device, synchronized_grads=run.ddp,
+        run.layout.modules, run.device, mode=run.mode, spill_dir=cfg.spill_dir, model=run.inner,
         **({"exact_limit": cfg.exact_limit} if cfg.exact_limit is not None else {}),
     )
     try:
         results = _run_domains(run, collector)
+        _check_aggregates(results, cfg.min_examples_per_aggregate)
+        return assemble(Computation(
+            config=cfg, model=run.inner, layout=run.layout, collector=collector, domains=results,
+            device=run.device, precision=run.precision, world_size=run.world, loss_name=run.loss_name,
+        ))
     finally:
+        collector.close()
         run.model.zero_grad(set_to_none=True)
         run.model.train(was_training)
-    _check_aggregates(results, cfg.min_examples_per_aggregate)
-    return assemble(Computation(
-        config=cfg, model=run.inner, layout=run.layout, collector=collector, domains=results, device=run.device,
-        precision=run.precision, world_size=run.world, loss_name=run.loss_name,
-    ))
 
 
 def _prepare(
@@ -388,10 +391,11 @@ def _prepare(
     """Check the arguments against the config and resolve device, precision, layout and loss."""
     if not isinstance(domains, Mapping) or not domains:
         raise config_error("domains", "no calibration domains given")
-    if _is_fsdp(model):
+    if is_fsdp1(model):
         raise compute_error(
             "unsupported-model",
-            "FSDP-sharded models are not supported: per-module norms need whole gradients (see collector docs)",
+            "FSDP1 (FullyShardedDataParallel) is not supported: its flattened shards do not map back to "
+            "parameters; shard with FSDP2 (torch.distributed.fsdp.fully_shard) instead",
         )
     names = list(domains)
     for i, n in enumerate(names):
@@ -404,6 +408,9 @@ def _prepare(
     ddp = type(model).__name__ == "DistributedDataParallel"
     wrapped = getattr(model, "module", None)
     inner: nn.Module = wrapped if ddp and isinstance(wrapped, nn.Module) else model
+    mode = "sharded" if is_fsdp2(inner) else "synchronized" if ddp else "stream"
+    if mode == "sharded" and cfg.sidecar is not None:
+        raise config_error("sidecar", "score sidecars are not written from FSDP-sharded computations")
     layout = module_layout(inner, model_path=cfg.model_path)
     if not layout.modules:
         raise compute_error(
@@ -414,7 +421,7 @@ def _prepare(
     loss_fn, loss_name = _loss(model, loss_fn, cfg, tokenizer)
     is_dist = dist.is_available() and dist.is_initialized()
     return _Run(
-        config=cfg, model=model, inner=inner, ddp=ddp, loss_fn=loss_fn, loss_name=loss_name,
+        config=cfg, model=model, inner=inner, mode=mode, loss_fn=loss_fn, loss_name=loss_name,
         device=resolve_device(cfg.device), precision=cfg.precision or _model_precision(inner), layout=layout,
         names=names, specs=specs, weights=_domain_weights(names, cfg.domain_weights, [s.weight for s in specs]),
         rank=dist.get_rank() if is_dist else 0, world=dist.get_world_size() if is_dist else 1,
@@ -497,8 +504,8 @@ def _domain_source(run: _Run, batches: Iterable[Any]) -> tuple[Iterable[tuple[in
     total: int | None = len(batches) if hasattr(batches, "__len__") else None  # type: ignore[arg-type]
     if total is not None and max_batches is not None:
         total = min(total, max_batches)
-    if run.ddp and run.config.shard_batches and run.world > 1:
-        # DDP needs the same number of backward passes on every process: drop the ragged end.
+    if run.mode != "stream" and run.config.shard_batches and run.world > 1:
+        # DDP and FSDP need the same number of backward passes on every process: drop the ragged end.
         listed = list(_iterate(batches, max_batches))
         usable = len(listed) - len(listed) % run.world
         return listed[:usable], usable
@@ -530,7 +537,7 @@ def _run_domain(run: _Run, collector: GradientCollector, d_index: int) -> Domain
         raise input_error("empty-domain", f"domain {name!r} has no batches", f"/domains/{d_index}")
     if run.world > 1 and dist.is_initialized():
         examples, tokens = _sum_counts(examples, tokens, run.device)
-    stats = collector.end_domain(run.weights[d_index])
+    stats = collector.end_domain(run.weights[d_index], more=d_index < len(run.names) - 1)
     return DomainResult(name, spec, run.weights[d_index], stats, examples, tokens)
 
 

@@ -135,12 +135,17 @@ def histogram(
     return counts, masses
 
 
+def curve_from_histogram(counts: torch.Tensor, masses: torch.Tensor) -> GainCurve:
+    """Approximate gain curve from a `histogram` (largest bin first); histograms with the same
+    `top` merge by adding their counts and masses (as processes holding shards do)."""
+    keep = counts > 0
+    return _from_sorted_units(counts[keep], masses[keep], exact=False)
+
+
 def sketch_curve(values: torch.Tensor | list[torch.Tensor]) -> GainCurve:
     """Approximate gain curve of elements with masses `values` (non-negative; a tensor or a list
     of tensors taken together), from a log-spaced histogram."""
     tensors = values if isinstance(values, list) else [values]
     nonempty = [t for t in tensors if t.numel()]
     top = torch.stack([t.detach().max() for t in nonempty]).max() if nonempty else 0.0
-    counts, masses = histogram(tensors, top)
-    keep = counts > 0
-    return _from_sorted_units(counts[keep], masses[keep], exact=False)
+    return curve_from_histogram(*histogram(tensors, top))
