@@ -83,3 +83,38 @@ def token_batches(seed: int, n: int, size: int = 4, length: int = 7, vocab: int 
             batch["input_ids"] = ids.masked_fill(chosen, 4)
         out.append(batch)
     return out
+
+
+def tiny_llama() -> nn.Module:
+    """A tiny Llama causal LM: RMSNorm and tied input/output embeddings, as SmolLM2 has."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=40, hidden_size=8, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, max_position_embeddings=16, tie_word_embeddings=True,
+    )
+    return LlamaForCausalLM(cfg)
+
+
+def unpadded_token_batches(seed: int, n: int, size: int = 2, length: int = 6, vocab: int = 40) -> list[dict[str, torch.Tensor]]:
+    """Token batches without padding: every batch has the same number of target tokens, so the
+    mean loss of two processes' batches equals that of their union."""
+    g = torch.Generator().manual_seed(seed)
+    return [
+        {"input_ids": torch.randint(3, vocab, (size, length), generator=g), "attention_mask": torch.ones(size, length,
+                                                                                                       dtype=torch.long)}
+        for _ in range(n)
+    ]
+
+
+def merge_pairs(batches: list) -> list:  # type: ignore[type-arg]
+    """Batches 2k and 2k+1 concatenated: what two processes taking every other batch see per step."""
+    def cat(a: object, b: object) -> object:
+        if isinstance(a, torch.Tensor):
+            return torch.cat([a, b])  # type: ignore[list-item]
+        if isinstance(a, dict):
+            return {k: cat(a[k], b[k]) for k in a}  # type: ignore[index]
+        return type(a)(cat(x, y) for x, y in zip(a, b))  # type: ignore[call-arg, attr-defined]
+
+    return [cat(batches[k], batches[k + 1]) for k in range(0, len(batches) - 1, 2)]

@@ -1,4 +1,5 @@
-"""torchrun --standalone --nproc_per_node=2 (gloo, CPU) gives the single-process blueprint."""
+"""torchrun --standalone --nproc_per_node=2 (gloo, CPU) gives the single-process blueprint: a plain
+process group, DDP, and FSDP2 (`fully_shard`), whose statistics are assembled from gradient shards."""
 
 from __future__ import annotations
 
@@ -12,8 +13,16 @@ import pytest
 import torch
 
 import blueprint_format as bf
-from reference_impl import compute_blueprint
-from tests.compute.conftest import TinyNet, tiny_batches, tiny_loss
+from reference_impl import ComputeConfig, compute_blueprint
+from reference_impl.losses import causal_lm_loss
+from tests.compute.conftest import (
+    TinyNet,
+    merge_pairs,
+    tiny_batches,
+    tiny_llama,
+    tiny_loss,
+    unpadded_token_batches,
+)
 
 CREATED = "2026-01-01T00:00:00Z"
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,11 +71,21 @@ def test_torchrun_two_processes_match_one(tmp_path: Path) -> None:
 
     # DDP: every step averages the two processes' batches; one process on the merged batches agrees.
     ddp = bf.load(tmp_path / "ddp.json")
-    small = tiny_batches(1, 8, size=4)
-    merged = [
-        (torch.cat([small[k][0], small[k + 1][0]]), torch.cat([small[k][1], small[k + 1][1]])) for k in range(0, 8, 2)
-    ]
     torch.manual_seed(0)
-    ref = compute_blueprint(TinyNet(), {"alpha": merged}, tiny_loss, created=CREATED, device="cpu",
-                            min_examples_per_aggregate=16)
+    small = ComputeConfig(created=CREATED, device="cpu", min_examples_per_aggregate=16)
+    ref = compute_blueprint(TinyNet(), {"alpha": merge_pairs(tiny_batches(1, 8, size=4))}, tiny_loss, small)
     _compare(ddp, ref)
+
+    # FSDP2: each process holds shards; module norms come from summed squared shard norms.
+    torch.manual_seed(0)
+    merged = {"alpha": merge_pairs(tiny_batches(1, 8, size=4)), "beta": merge_pairs(tiny_batches(2, 8, size=4))}
+    fsdp_tiny = bf.load(tmp_path / "fsdp_tiny.json")
+    assert fsdp_tiny.method.world_size == 2
+    _compare(fsdp_tiny, compute_blueprint(TinyNet(), merged, tiny_loss, small))
+    llama_data = {
+        "chat": merge_pairs(unpadded_token_batches(5, 8)), "code": merge_pairs(unpadded_token_batches(6, 8)),
+    }
+    row = ComputeConfig(created=CREATED, device="cpu", min_examples_per_aggregate=8, granularity="row")
+    fsdp_llama = bf.load(tmp_path / "fsdp_llama.json")
+    _compare(fsdp_llama, compute_blueprint(tiny_llama(), llama_data, causal_lm_loss, row))
+    assert "lm_head" not in [m.name for m in fsdp_llama.modules]  # tied: described once, as the embedding
