@@ -184,9 +184,11 @@ def main() -> int:
         # 3. In-place embed with reserved padding: header-only write + fsync.
         bp_small2 = blueprint_for(small_tensors, "refreshed")
         bp_large2 = blueprint_for(large_tensors, "refreshed")
-        assert CONV.write(large, bp_large2).in_place
+        assert CONV.write(large, bp_large2, in_place=True).in_place  # opt-in since issue 10
         t_in_small, t_in_large = best_interleaved(
-            lambda: CONV.write(small, bp_small2), lambda: CONV.write(large, bp_large2), 30
+            lambda: CONV.write(small, bp_small2, in_place=True),
+            lambda: CONV.write(large, bp_large2, in_place=True),
+            30,
         )
 
         rows = [

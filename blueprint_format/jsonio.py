@@ -134,7 +134,7 @@ def count_values(text: str) -> tuple[int, int]:
     return 1 + blanked.count(",") + containers - empties, containers
 
 
-def _check_counts(text: str) -> None:
+def check_counts(text: str) -> None:
     """Refuse a document with more values, or more objects and arrays, than the limits allow."""
     # Cheap upper bounds first (commas and brackets inside strings counted too); the exact count
     # only when a bound is over its limit.
@@ -179,7 +179,7 @@ def loads_json(data: bytes | str) -> Any:
 
 
 def _loads_text(text: str, raw_surrogates: bool) -> Any:
-    _check_counts(text)
+    check_counts(text)
     with paused_gc():
         return _parse(text, raw_surrogates)
 

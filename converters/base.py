@@ -26,6 +26,8 @@ from blueprint_format import (
     loads,
 )
 from blueprint_format.errors import make_error
+from blueprint_format.jsonio import sha256_digest
+from blueprint_format.paths import require_regular_input
 
 #: Key under which the canonical blueprint JSON is stored in key/value metadata (safetensors, ONNX).
 METADATA_KEY = "gradient_blueprint"
@@ -46,6 +48,8 @@ class WriteResult:
     in_place: bool = False
     files: list[Path] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    #: The digest of the blueprint the write replaced or removed (None: the container held none).
+    replaced: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -54,6 +58,7 @@ class WriteResult:
             "in_place": self.in_place,
             "files": [str(f) for f in self.files],
             "warnings": list(self.warnings),
+            "replaced": self.replaced,
         }
 
 
@@ -100,11 +105,10 @@ def io_error(path: Path | str, exc: OSError | str, code: str = "io-error") -> Bl
 
 
 def require_file(path: Path) -> None:
-    """Raise io-error unless `path` is an existing regular file."""
-    if not path.exists():
-        raise io_error(path, "no such file")
-    if not path.is_file():
-        raise io_error(path, "not a regular file")
+    """Raise unless `path` is an existing regular file (symlinks to one are followed): a missing
+    file is `io-error`, a FIFO, device, socket or folder `not-a-regular-file`, refused before it is
+    opened (a FIFO would block the reader forever)."""
+    require_regular_input(path)
 
 
 def parse_embedded(data: bytes | str, where: str) -> Blueprint:
@@ -174,6 +178,15 @@ def blueprint_from_metadata(metadata: dict[str, str], where: str) -> Blueprint |
             where, f"{SPEC_VERSION_KEY} is {version!r} but the embedded blueprint says {bp.spec_version!r}"
         )
     return bp
+
+
+def text_digest(text: str | None) -> str | None:
+    """The digest of an embedded blueprint from its stored text, which SPEC 16 requires to be the
+    canonical form (so its SHA-256 is the blueprint digest) - without parsing or validating it, so
+    that replacing a broken or huge blueprint costs nothing."""
+    if text is None:
+        return None
+    return sha256_digest(text.encode("utf-8", "surrogatepass"))
 
 
 def metadata_entries(bp: Blueprint) -> dict[str, str]:

@@ -60,7 +60,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         out,
         force=args.force,
         reserve=args.reserve,
-        in_place=not args.no_in_place,
+        in_place=args.in_place and not args.no_in_place,
         into_weights=args.into_weights,
     )
     for warning in result.warnings:
@@ -69,7 +69,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
         _print_json({"container": kind_of(target), "digest": digest(bp), **result.to_json()})
     else:
         how = " in place" if result.in_place else ""
-        print(f"embedded {digest(bp)} into {result.path} ({kind_of(target)}{how})")
+        replacing = f", replacing {result.replaced}" if result.replaced and result.replaced != digest(bp) else ""
+        print(f"embedded {digest(bp)} into {result.path} ({kind_of(target)}{how}{replacing})")
     return 0
 
 
@@ -111,7 +112,7 @@ def cmd_strip(args: argparse.Namespace) -> int:
 
     target = _existing(args.target)
     out = Path(args.output) if args.output else None
-    result = strip(target, out, in_place=not args.no_in_place)
+    result = strip(target, out, in_place=args.in_place and not args.no_in_place)
     if args.json:
         _print_json({"container": kind_of(target), **result.to_json()})
     elif result.changed:
@@ -149,6 +150,21 @@ def cmd_pull(args: argparse.Namespace) -> int:
     return 0
 
 
+def _in_place_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--in-place",
+        action="store_true",
+        help="safetensors: overwrite only the header bytes when the new header fits (fast for large "
+        "files). RISK: not crash-safe - a crash or kill during the write leaves an unreadable file, "
+        "and programs reading the file meanwhile may see a torn header",
+    )
+    p.add_argument(
+        "--no-in-place",
+        action="store_true",
+        help="safetensors: rewrite via a temp file and rename (the default; overrides --in-place)",
+    )
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add embed, extract, strip, push and pull to the `blueprint` command."""
     p = subparsers.add_parser(
@@ -160,7 +176,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
             "where the container lists its tensors), and embed it atomically: safetensors header metadata, "
             "ONNX metadata_props, a PyTorch checkpoint key, a model card (README.md plus blueprint.json "
             "beside "
-            "it) or a model folder. Without -o, TARGET is updated in place."
+            "it) or a model folder. Without -o, TARGET is updated: by writing a new file and renaming "
+            "it over TARGET, so that a crash or a kill at any moment leaves the old or the new file, "
+            "never a broken one. Concurrent embeds into one folder are applied one after the other."
         ),
     )
     p.add_argument("blueprint", metavar="BLUEPRINT", help="blueprint JSON file")
@@ -174,11 +192,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         metavar="BYTES",
         help="safetensors: leave at least BYTES of header padding so later updates are in place",
     )
-    p.add_argument(
-        "--no-in-place",
-        action="store_true",
-        help="safetensors: always rewrite via a temp file and rename, even when the header fits",
-    )
+    _in_place_flags(p)
     p.add_argument(
         "--into-weights",
         action="store_true",
@@ -204,9 +218,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     p.add_argument("target", metavar="TARGET")
     p.add_argument("-o", "--output", metavar="OUT", help="write the stripped result here instead")
-    p.add_argument(
-        "--no-in-place", action="store_true", help="safetensors: always rewrite via temp file and rename"
-    )
+    _in_place_flags(p)
     p.add_argument("--json", action="store_true", help="print what was written as JSON")
     p.set_defaults(handler=cmd_strip)
 

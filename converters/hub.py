@@ -107,4 +107,6 @@ def pull(
                 )
             )
         return None
-    return ModelFolderConverter().read(snapshot)
+    # A cache snapshot's files are symlinks into the cache's blob store, outside the snapshot
+    # folder: links this program's download made, so they are followed.
+    return ModelFolderConverter(trusted_links=True).read(snapshot)

@@ -32,6 +32,7 @@ from typing import Any
 from blueprint_format import Blueprint, BlueprintError, atomic_write_bytes, digest, load
 from blueprint_format.errors import ContainerError, make_error
 from blueprint_format.models import Module
+from blueprint_format.paths import read_regular_file
 from blueprint_format.semantic import unsafe_path_reason
 from converters.base import (
     BLUEPRINT_FILE,
@@ -57,6 +58,8 @@ EMBED_LIMIT = 32 * 1024
 MAX_CARD_BYTES = 16 * 1024 * 1024
 #: Front matter larger than this is refused before YAML parsing (bounds time and memory).
 MAX_FRONT_MATTER_BYTES = 1024 * 1024
+#: Front matter may use YAML aliases only as long as it expands to at most this many nodes.
+MAX_EXPANDED_NODES = 1_000_000
 #: Rows shown in the generated table; larger blueprints point to blueprint.json for the rest.
 MAX_TABLE_ROWS = 500
 
@@ -64,6 +67,11 @@ _OPEN_RE = re.compile(r"\A(\ufeff?)---[ \t]*(\r\n|\n)")
 _CLOSE_RE = re.compile(r"^---[ \t]*(?:\r\n|\n|\Z)", re.MULTILINE)
 _KEY_RE = re.compile(r"""^(["']?)gradient_blueprint\1[ \t]*:""")
 _LINE_RE = re.compile(r"[^\n]*\n|[^\n]+\Z")
+#: A CommonMark code fence line: up to 3 spaces, then 3 or more backticks or tildes, then the rest.
+_FENCE_RE = re.compile(r"^ {0,3}(`{3,}|~{3,})(.*)$")
+#: Inside our front-matter entry: the card's front matter existed but was empty before the embed
+#: (so that strip keeps an empty front matter instead of dropping it as one it created).
+EMPTY_FRONT_MATTER = "  # gradient-blueprint: the front matter was empty before this entry"
 
 
 def _lines(text: str) -> list[str]:
@@ -126,8 +134,10 @@ def parse_front_matter(card: Card, where: str) -> dict[str, Any]:
         return {}
     if len(card.yaml_text.encode("utf-8")) > MAX_FRONT_MATTER_BYTES:
         raise bad_container(where, f"front matter exceeds {MAX_FRONT_MATTER_BYTES} bytes")
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: same data, faster
     try:
-        data = yaml.safe_load(card.yaml_text)
+        _refuse_expansion(card.yaml_text, loader, where)
+        data = yaml.load(card.yaml_text, Loader=loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         location = f"line {mark.line + 2}, column {mark.column + 1}" if mark is not None else "front matter"
@@ -140,6 +150,44 @@ def parse_front_matter(card: Card, where: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise bad_container(where, f"front matter is a YAML {type(data).__name__}, not a mapping", "line 2")
     return data
+
+
+def _refuse_expansion(yaml_text: str, loader: Any, where: str) -> None:
+    """Refuse front matter whose YAML aliases expand it beyond MAX_EXPANDED_NODES nodes.
+
+    An alias (`*name`) shares a node; comparing or serialising the loaded data visits it once per
+    reference, so ten levels of aliases to lists of ten cost ten billion visits from a few hundred
+    bytes. The expanded size is counted on the composed node graph, each node once (linear time).
+    """
+    import yaml
+
+    root = yaml.compose(yaml_text, Loader=loader)
+    if root is None:
+        return
+    sizes: dict[int, int] = {}
+    stack: list[tuple[Any, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if id(node) in sizes:
+            continue
+        children = _yaml_children(node)
+        if children_done or not children:
+            sizes[id(node)] = 1 + sum(sizes[id(c)] for c in children)
+            if sizes[id(node)] > MAX_EXPANDED_NODES:
+                raise bad_container(
+                    where,
+                    f"front matter expands to more than {MAX_EXPANDED_NODES} YAML nodes through aliases (*name)",
+                )
+            continue
+        stack.append((node, True))
+        stack.extend((c, False) for c in children if id(c) not in sizes)
+
+
+def _yaml_children(node: Any) -> list[Any]:
+    value = node.value
+    if isinstance(value, list):
+        return [x for pair in value for x in (pair if isinstance(pair, tuple) else (pair,))]
+    return []
 
 
 def _block_span(lines: list[str]) -> tuple[int, int] | None:
@@ -287,11 +335,35 @@ def generated_section(
     return nl.join(lines) + nl
 
 
+def _fences(lines: list[str]) -> tuple[list[bool], int | None]:
+    """Which lines belong to fenced code blocks (CommonMark), and the index of the line opening a
+    fence that is still open at the end (None when every fence is closed)."""
+    inside: list[bool] = []
+    fence: tuple[str, int, int] | None = None  # character, length, line of the opening fence
+    for i, line in enumerate(lines):
+        m = _FENCE_RE.match(_bare(line))
+        if fence is None:
+            # A backtick fence's info string may not contain backticks (then it is inline code).
+            opens = m is not None and not (m.group(1)[0] == "`" and "`" in m.group(2))
+            if opens and m is not None:
+                fence = (m.group(1)[0], len(m.group(1)), i)
+            inside.append(opens)
+        else:
+            inside.append(True)
+            if m and m.group(1)[0] == fence[0] and len(m.group(1)) >= fence[1] and not m.group(2).strip():
+                fence = None
+    return inside, (fence[2] if fence is not None else None)
+
+
 def _section_span(body: str, where: str) -> tuple[int, int] | None:
-    """Character range of the generated section (begin line through end line and its newline)."""
+    """Character range of the generated section (begin line through end line and its newline).
+
+    Marker lines inside fenced code blocks are text (a card may document the markers), not markers.
+    """
     lines = _lines(body)
-    begins = [i for i, line in enumerate(lines) if _bare(line) == BEGIN]
-    ends = [i for i, line in enumerate(lines) if _bare(line) == END]
+    fenced, _ = _fences(lines)
+    begins = [i for i, line in enumerate(lines) if _bare(line) == BEGIN and not fenced[i]]
+    ends = [i for i, line in enumerate(lines) if _bare(line) == END and not fenced[i]]
     if not begins and not ends:
         return None
     if len(begins) != 1 or len(ends) != 1 or ends[0] < begins[0]:
@@ -313,14 +385,10 @@ def _embedded_json(section: str) -> str | None:
 
 
 def read_card_text(path: Path) -> str:
-    """The card's text, bounded and strictly UTF-8 (bad-container otherwise)."""
-    try:
-        size = path.stat().st_size
-        if size > MAX_CARD_BYTES:
-            raise bad_container(path, f"card is {size} bytes; the limit is {MAX_CARD_BYTES}")
-        data = path.read_bytes()
-    except OSError as exc:
-        raise io_error(path, exc) from None
+    """The card's text, bounded and strictly UTF-8 (bad-container otherwise), from a regular file."""
+    data = read_regular_file(
+        path, MAX_CARD_BYTES, lambda p, n: bad_container(p, f"card is {n} bytes; the limit is {MAX_CARD_BYTES}")
+    )
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -335,64 +403,107 @@ def _safe_file_name(value: Any, where: Path) -> str:
     return str(value)
 
 
+def confined(path: Path, folder: Path, trusted_links: bool = False) -> Path:
+    """`path` if it resolves inside `folder` (following symlinks), else `unsafe-path` (SPEC 11: a
+    sidecar is a file in the blueprint's folder, not a link to one elsewhere).
+
+    `trusted_links` skips the check, for folders this program laid out itself (a Hugging Face cache
+    snapshot, whose files are links into the cache's blob store).
+    """
+    if trusted_links:
+        return path
+    resolved, home = path.resolve(), folder.resolve()
+    if resolved != home and home not in resolved.parents:
+        raise ContainerError(
+            make_error("unsafe-path", f"{path} resolves to {resolved}, outside {home}; refusing to follow it")
+        )
+    return path
+
+
 def embed_in_text(text: str, bp: Blueprint, where: str = "card", file_name: str = BLUEPRINT_FILE) -> str:
-    """`text` with the blueprint's front matter entry and generated section set (nothing else changed)."""
+    """`text` with the blueprint's front matter entry and generated section set (nothing else changed).
+
+    Whatever embed adds that strip cannot tell from the card itself is recorded (an empty front
+    matter, a missing final newline), so that `remove_from_text(embed_in_text(t))` gives `t` back
+    byte for byte.
+    """
     card = split_card(text, where)
     old = parse_front_matter(card, where)
     entry = front_matter_entry(bp)
     entry["file"] = file_name
-    block = _entry_yaml(entry, card.nl)
-    if card.has_front_matter:
-        lines = _lines(card.yaml_text)
-        span = _block_span(lines)
-        if span is None:
-            card.yaml_text = card.yaml_text + block
-        else:
-            card.yaml_text = "".join(lines[: span[0]]) + block + "".join(lines[span[1] :])
-    else:
-        card.has_front_matter = True
-        card.opening, card.yaml_text, card.closing = "---" + card.nl, block, "---" + card.nl
-    span2 = _section_span(card.body, where)
-    if span2 is not None:
-        old_section = card.body[span2[0] : span2[1]]
+    _set_entry(card, _entry_yaml(entry, card.nl))
+    span = _section_span(card.body, where)
+    if span is not None:
+        old_section = card.body[span[0] : span[1]]
         flag = any(_bare(line) == NO_FINAL_NEWLINE for line in _lines(old_section))
         section = generated_section(bp, card.nl, file_name, body_had_no_final_newline=flag)
-        card.body = card.body[: span2[0]] + section + card.body[span2[1] :]
-    elif not card.body:
-        card.body = generated_section(bp, card.nl, file_name)
+        card.body = card.body[: span[0]] + section + card.body[span[1] :]
     else:
-        # A blank line separates the body from the section. A body without a final newline gets a
-        # line break too, and the section says so, so that strip gives the body back byte for byte.
-        missing = not card.body.endswith("\n")
-        section = generated_section(bp, card.nl, file_name, body_had_no_final_newline=missing)
-        card.body = card.body + card.nl * (2 if missing else 1) + section
+        _append_section(card, bp, file_name, where)
     new_text = card.render()
     _check_other_keys(old, new_text, where, expect=entry)
     return new_text
+
+
+def _set_entry(card: Card, block: str) -> None:
+    """Put our entry into the front matter: in place of the previous one, else at its end."""
+    if not card.has_front_matter:
+        card.has_front_matter = True
+        card.opening, card.yaml_text, card.closing = "---" + card.nl, block, "---" + card.nl
+        return
+    lines = _lines(card.yaml_text)
+    span = _block_span(lines)
+    was_empty = card.yaml_text == "" or (
+        span is not None and any(_bare(x) == EMPTY_FRONT_MATTER for x in lines[span[0] : span[1]])
+    )
+    if was_empty:
+        block += EMPTY_FRONT_MATTER + card.nl
+    if span is None:
+        card.yaml_text += block
+    else:
+        card.yaml_text = "".join(lines[: span[0]]) + block + "".join(lines[span[1] :])
+
+
+def _append_section(card: Card, bp: Blueprint, file_name: str, where: str) -> None:
+    """Append the generated section after the body (a blank line between them)."""
+    lines = _lines(card.body)
+    _, open_fence = _fences(lines)
+    if open_fence is not None:
+        raise bad_container(
+            where,
+            "the card ends inside a fenced code block; close it before embedding (a section appended "
+            "there would be code, not a section)",
+            f"body line {open_fence + 1}",
+        )
+    if not card.body:
+        # Straight after the front matter; a closing `---` at the very end of the file gets a line
+        # break, and the section says so.
+        missing = not card.closing.endswith("\n")
+        card.closing += card.nl if missing else ""
+        card.body = generated_section(bp, card.nl, file_name, body_had_no_final_newline=missing)
+        return
+    # A body without a final newline gets a line break too, and the section says so, so that strip
+    # gives the body back byte for byte.
+    missing = not card.body.endswith("\n")
+    section = generated_section(bp, card.nl, file_name, body_had_no_final_newline=missing)
+    card.body = card.body + card.nl * (2 if missing else 1) + section
 
 
 def remove_from_text(text: str, where: str = "card") -> str | None:
     """`text` without the blueprint entry and section, or None when it holds neither."""
     card = split_card(text, where)
     old = parse_front_matter(card, where)
-    changed = False
-    if card.has_front_matter:
-        lines = _lines(card.yaml_text)
-        span = _block_span(lines)
-        if span is not None:
-            card.yaml_text = "".join(lines[: span[0]]) + "".join(lines[span[1] :])
-            changed = True
-            if not card.yaml_text.strip():
-                # The front matter held only our entry: drop it (it was created for us).
-                card.has_front_matter = False
-    span2 = _section_span(card.body, where)
-    if span2 is not None:
-        before, after = card.body[: span2[0]], card.body[span2[1] :]
-        if not after:  # appended by embed: drop the newline(s) it put before the section
-            section = card.body[span2[0] : span2[1]]
-            count = 2 if any(_bare(line) == NO_FINAL_NEWLINE for line in _lines(section)) else 1
-            for _ in range(count):
-                before = before.removesuffix("\r\n") if before.endswith("\r\n") else before.removesuffix("\n")
+    changed = _remove_entry(card)
+    span = _section_span(card.body, where)
+    if span is not None:
+        before, section, after = card.body[: span[0]], card.body[span[0] : span[1]], card.body[span[1] :]
+        if not after:  # appended by embed: drop exactly the line breaks it added before the section
+            flagged = any(_bare(line) == NO_FINAL_NEWLINE for line in _lines(section))
+            if before:
+                for _ in range(2 if flagged else 1):
+                    before = before.removesuffix(card.nl)
+            elif flagged:
+                card.closing = card.closing.removesuffix(card.nl)
         card.body = before + after
         changed = True
     if not changed:
@@ -400,6 +511,22 @@ def remove_from_text(text: str, where: str = "card") -> str | None:
     new_text = card.render()
     _check_other_keys(old, new_text, where, expect=None)
     return new_text
+
+
+def _remove_entry(card: Card) -> bool:
+    """Take our entry out of the front matter (dropping a front matter that held only it, unless it
+    existed, empty, before); False when there was none."""
+    if not card.has_front_matter:
+        return False
+    lines = _lines(card.yaml_text)
+    span = _block_span(lines)
+    if span is None:
+        return False
+    kept_empty = any(_bare(x) == EMPTY_FRONT_MATTER for x in lines[span[0] : span[1]])
+    card.yaml_text = "".join(lines[: span[0]]) + "".join(lines[span[1] :])
+    if card.yaml_text == "" and not kept_empty:
+        card.has_front_matter = False  # it held only our entry: embed created it
+    return True
 
 
 def _check_other_keys(old: dict[str, Any], new_text: str, where: str, expect: dict[str, Any] | None) -> None:
@@ -424,9 +551,16 @@ class ModelCardConverter(Converter):
 
     kind = "model-card"
 
+    def __init__(self, *, trusted_links: bool = False) -> None:
+        """`trusted_links`: follow a `file` that is a symlink out of the card's folder (see `confined`)."""
+        self.trusted_links = trusted_links
+
+    def _sidecar(self, card_path: Path, entry: dict[str, Any]) -> Path:
+        """The file the entry's `file` names: a safe relative name that resolves inside the folder."""
+        sidecar = card_path.parent / _safe_file_name(entry.get("file", BLUEPRINT_FILE), card_path)
+        return confined(sidecar, card_path.parent, self.trusted_links)
+
     def read(self, path: Path) -> Blueprint | None:
-        if not path.is_file():
-            raise io_error(path, "no such file")
         text = read_card_text(path)
         card = split_card(text, str(path))
         front = parse_front_matter(card, str(path))
@@ -434,36 +568,30 @@ class ModelCardConverter(Converter):
         span = _section_span(card.body, str(path))  # unbalanced markers are bad-container
         if entry is None:
             return None
-        expected: str | None = None
-        sidecar_problem = ""
-        if entry is not None:
-            if not isinstance(entry, dict) or not isinstance(entry.get("digest"), str):
-                raise bad_container(
-                    path, f"front matter `{FRONT_MATTER_KEY}` must be a mapping with a digest"
-                )
-            expected = entry["digest"]
-            sidecar = path.parent / _safe_file_name(entry.get("file", BLUEPRINT_FILE), path)
-            if sidecar.is_file():
-                try:
-                    bp = load(sidecar)
-                except BlueprintError as exc:
-                    sidecar_problem = f"; {sidecar.name} is not a valid blueprint ({exc.issues[0]})"
-                else:
-                    if digest(bp) == expected:
-                        return bp
-                    sidecar_problem = f"; {sidecar.name} has digest {digest(bp)}"
+        if not isinstance(entry, dict) or not isinstance(entry.get("digest"), str):
+            raise bad_container(path, f"front matter `{FRONT_MATTER_KEY}` must be a mapping with a digest")
+        expected: str = entry["digest"]
+        sidecar = self._sidecar(path, entry)
+        if os.path.lexists(sidecar):
+            try:
+                bp = load(sidecar)
+            except BlueprintError as exc:
+                sidecar_problem = f"; {sidecar.name} is not a valid blueprint ({exc.issues[0]})"
             else:
-                sidecar_problem = f"; {sidecar.name} is missing"
+                if digest(bp) == expected:
+                    return bp
+                sidecar_problem = f"; {sidecar.name} has digest {digest(bp)}"
+        else:
+            sidecar_problem = f"; {sidecar.name} is missing"
         if span is not None:
             embedded = _embedded_json(card.body[span[0] : span[1]])
             if embedded is not None:
                 bp = parse_embedded(embedded, f"{path} (embedded json block)")
-                if expected is None or digest(bp) == expected:
+                if digest(bp) == expected:
                     return bp
                 raise bad_container(
                     path,
-                    f"the embedded blueprint's digest {digest(bp)} differs from the front "
-                    f"matter's {expected}",
+                    f"the embedded blueprint's digest {digest(bp)} differs from the front matter's {expected}",
                 )
         raise ContainerError(
             make_error(
@@ -475,7 +603,10 @@ class ModelCardConverter(Converter):
     def write(self, path: Path, bp: Blueprint, out: Path | None = None, **opts: Any) -> WriteResult:
         """Write blueprint.json beside the (output) card, then the card. A missing card is created."""
         target = out if out is not None else path
-        text = read_card_text(path) if path.exists() else ""
+        text = read_card_text(path) if os.path.lexists(path) else ""
+        card = split_card(text, str(path))
+        previous = parse_front_matter(card, str(path)).get(FRONT_MATTER_KEY)
+        replaced = previous.get("digest") if isinstance(previous, dict) else None
         new_text = embed_in_text(text, bp, str(path))
         sidecar = target.parent / BLUEPRINT_FILE
         files = []
@@ -484,12 +615,10 @@ class ModelCardConverter(Converter):
             files.append(sidecar)
         atomic_write_bytes(target, new_text.encode("utf-8"))
         files.append(target)
-        return WriteResult(path=target, files=files)
+        return WriteResult(path=target, files=files, replaced=replaced if isinstance(replaced, str) else None)
 
     def remove(self, path: Path, out: Path | None = None, **opts: Any) -> WriteResult:
         """Remove entry and section; delete blueprint.json beside the card when it is the card's blueprint."""
-        if not path.is_file():
-            raise io_error(path, "no such file")
         text = read_card_text(path)
         card = split_card(text, str(path))
         entry = parse_front_matter(card, str(path)).get(FRONT_MATTER_KEY)
@@ -501,16 +630,17 @@ class ModelCardConverter(Converter):
                 atomic_write_bytes(target, text.encode("utf-8"))
                 files.append(target)
             return WriteResult(path=target, changed=False, files=files)
+        sidecar = self._sidecar(path, entry) if isinstance(entry, dict) else None
         atomic_write_bytes(target, new_text.encode("utf-8"))
         files.append(target)
-        if (out is None or same_file(out, path)) and isinstance(entry, dict):
-            sidecar = path.parent / _safe_file_name(entry.get("file", BLUEPRINT_FILE), path)
+        if sidecar is not None and (out is None or same_file(out, path)):
             try:
-                if sidecar.is_file() and digest(load(sidecar)) == entry.get("digest"):
+                if sidecar.is_file() and digest(load(sidecar)) == entry.get("digest"):  # type: ignore[union-attr]
                     os.unlink(sidecar)
                     files.append(sidecar)
             except BlueprintError:
                 pass
             except OSError as exc:
                 raise io_error(sidecar, exc, "write-failed") from None
-        return WriteResult(path=target, files=files)
+        replaced = entry.get("digest") if isinstance(entry, dict) else None
+        return WriteResult(path=target, files=files, replaced=replaced if isinstance(replaced, str) else None)

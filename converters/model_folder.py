@@ -12,46 +12,19 @@ first blueprint found.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from blueprint_format import Blueprint, TensorInfo, load, model_tensors
-from blueprint_format.errors import ContainerError, make_error
-from converters.base import BLUEPRINT_FILE, Converter, WriteResult, bad_container, io_error
-from converters.model_card import ModelCardConverter
+from blueprint_format.binding import weight_files
+from blueprint_format.errors import ContainerError
+from converters.base import BLUEPRINT_FILE, Converter, WriteResult, io_error, text_digest
+from converters.model_card import ModelCardConverter, confined
 from converters.safetensors_header import SafetensorsConverter
 from converters.torch_checkpoint import TorchCheckpointConverter
 
 CARD_FILE = "README.md"
-INDEX_FILE = "model.safetensors.index.json"
-#: Shard indexes are small JSON files; refuse absurd ones before parsing.
-MAX_INDEX_BYTES = 64 * 1024 * 1024
-
-
-def weight_files(folder: Path) -> list[Path]:
-    """The folder's safetensors files: the shards named by the index, else every *.safetensors file."""
-    index = folder / INDEX_FILE
-    if index.is_file():
-        try:
-            if index.stat().st_size > MAX_INDEX_BYTES:
-                raise bad_container(index, f"shard index exceeds {MAX_INDEX_BYTES} bytes")
-            weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map")
-        except OSError as exc:
-            raise io_error(index, exc) from None
-        except (ValueError, AttributeError) as exc:
-            raise bad_container(index, f"unreadable shard index: {exc}") from None
-        if not isinstance(weight_map, dict):
-            raise bad_container(index, "shard index has no weight_map object")
-        names = sorted({str(v) for v in weight_map.values()})
-        for name in names:
-            if "/" in name or "\\" in name or name in (".", ".."):
-                raise ContainerError(
-                    make_error("unsafe-path", f"{index}: shard {name!r} is not a file in the folder")
-                )
-        return [folder / n for n in names]
-    return sorted(p for p in folder.glob("*.safetensors") if p.is_file())
 
 
 class ModelFolderConverter(Converter):
@@ -59,8 +32,11 @@ class ModelFolderConverter(Converter):
 
     kind = "model-folder"
 
-    def __init__(self) -> None:
-        self.card = ModelCardConverter()
+    def __init__(self, *, trusted_links: bool = False) -> None:
+        """`trusted_links`: follow symlinks that leave the folder (only for folders this program
+        made itself, such as a Hugging Face cache snapshot, whose files link into its blob store)."""
+        self.trusted_links = trusted_links
+        self.card = ModelCardConverter(trusted_links=trusted_links)
         self.safetensors = SafetensorsConverter()
 
     @staticmethod
@@ -71,10 +47,10 @@ class ModelFolderConverter(Converter):
     def read(self, path: Path) -> Blueprint | None:
         self._require_dir(path)
         sidecar = path / BLUEPRINT_FILE
-        if sidecar.is_file():
-            return load(sidecar)
+        if os.path.lexists(sidecar):  # a FIFO or a link out of the folder is refused, not skipped
+            return load(confined(sidecar, path, self.trusted_links))
         card = path / CARD_FILE
-        if card.is_file():
+        if os.path.lexists(card):
             try:
                 bp = self.card.read(card)
             except ContainerError as exc:
@@ -118,12 +94,24 @@ class ModelFolderConverter(Converter):
                     bp,
                     out=None if out is None else dest / shard.name,
                     reserve=opts.get("reserve", 0),
-                    in_place=opts.get("in_place", True),
+                    in_place=opts.get("in_place", False),
                 )
                 files.extend(result.files)
+        replaced = self._current_digest(path)
         card_result = self.card.write(path / CARD_FILE, bp, out=dest / CARD_FILE)
         files.extend(card_result.files)
-        return WriteResult(path=dest, files=files)
+        return WriteResult(path=dest, files=files, replaced=replaced)
+
+    def _current_digest(self, path: Path) -> str | None:
+        """The digest of the blueprint the folder holds now (blueprint.json's, which SPEC 16.5
+        requires to be canonical), read without validating it."""
+        sidecar = path / BLUEPRINT_FILE
+        if not sidecar.is_file():
+            return None
+        try:
+            return text_digest(sidecar.read_bytes().decode("utf-8", "surrogateescape"))
+        except OSError:
+            return None
 
     def remove(self, path: Path, out: Path | None = None, **opts: Any) -> WriteResult:
         """Delete blueprint.json, strip the card, and strip the safetensors headers that carry one.
@@ -135,6 +123,7 @@ class ModelFolderConverter(Converter):
         dest = out if out is not None else path
         files: list[Path] = []
         changed = False
+        replaced = self._current_digest(path)
         card = path / CARD_FILE
         if card.is_file():
             result = self.card.remove(card, out=None if out is None else dest / CARD_FILE)
@@ -150,7 +139,10 @@ class ModelFolderConverter(Converter):
             files.append(sidecar)
         for shard in weight_files(path):
             if shard.is_file() and self.safetensors.read(shard) is not None:
-                result = self.safetensors.remove(shard, out=None if out is None else dest / shard.name)
+                result = self.safetensors.remove(
+                    shard, out=None if out is None else dest / shard.name, in_place=opts.get("in_place", False)
+                )
                 changed |= result.changed
                 files.extend(result.files)
-        return WriteResult(path=dest, changed=changed, files=files)
+                replaced = replaced or result.replaced
+        return WriteResult(path=dest, changed=changed, files=files, replaced=replaced if changed else None)

@@ -8,12 +8,14 @@ leading ir_version field).
 
 from __future__ import annotations
 
-import struct
 from pathlib import Path
 from typing import Any
 
 from blueprint_format import Blueprint, check_binding
+from blueprint_format.atomic import folder_lock
 from blueprint_format.errors import BindingError, ContainerError, Issue, make_error
+from blueprint_format.paths import require_regular_input
+from blueprint_format.st_header import looks_like_safetensors
 from converters.base import Converter, WriteResult, canonical_text, io_error
 
 SUFFIXES = {
@@ -62,10 +64,8 @@ def sniff(path: Path) -> str | None:
             head = fh.read(16)
     except OSError as exc:
         raise io_error(path, exc) from None
-    if len(head) >= 9 and head[8:9] == b"{":
-        (n,) = struct.unpack("<Q", head[:8])
-        if n >= 2:
-            return "safetensors"
+    if looks_like_safetensors(head):
+        return "safetensors"
     if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
         return "torch"
     if head.lstrip(b"\xef\xbb\xbf").startswith(b"---"):
@@ -76,11 +76,13 @@ def sniff(path: Path) -> str | None:
 
 
 def kind_of(target: Path) -> str:
-    """The container kind of `target` (which must exist)."""
+    """The container kind of `target` (which must exist: a folder, or a regular file, since a FIFO
+    or device is refused before anything opens it)."""
     if target.is_dir():
         return "model-folder"
     if not target.exists():
         raise io_error(target, "no such file or folder")
+    require_regular_input(target)
     kind = SUFFIXES.get(target.suffix.lower())
     if kind is None and target.name.lower() == "readme":
         kind = "model-card"
@@ -131,11 +133,24 @@ def embed(
         if issues and not force:
             raise BindingError(issues)
         warnings = [f"embedded anyway (--force): {i}" for i in issues]
-    result = converter.write(target, bp, out, **opts)
+    with folder_lock(_lock_folder(target, out)):
+        result = converter.write(target, bp, out, **opts)
     result.warnings = warnings + result.warnings
     return result
 
 
 def strip(target: Path, out: Path | None = None, **opts: Any) -> WriteResult:
     """Remove the blueprint from `target` (written to `out` when given)."""
-    return converter_for(target).remove(target, out, **opts)
+    converter = converter_for(target)
+    with folder_lock(_lock_folder(target, out)):
+        return converter.remove(target, out, **opts)
+
+
+def _lock_folder(target: Path, out: Path | None) -> Path:
+    """The folder whose files an update changes: it is locked for the whole read-change-write, so
+    that concurrent embeds and strips of one container are applied one after the other (each on
+    the result of the previous) instead of silently undoing each other."""
+    dest = out if out is not None else target
+    if dest.is_dir():
+        return dest
+    return dest.parent if str(dest.parent) else Path(".")

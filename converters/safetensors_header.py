@@ -10,19 +10,20 @@ header is read), so its cost does not depend on the file size.
 
 Writing has two paths:
 
-* In place, when the new header (plus any requested reserve) fits in the old N bytes: only bytes
-  8..8+N are overwritten, padded with spaces, so the tensor buffer and N stay put and the cost is
-  independent of the file size. Trade-off: this is not atomic. A crash (power loss, kill -9)
-  during the single small `pwrite` can leave a torn header, and readers that have the file mapped
-  see the change. An exception during the write restores the old header bytes. Pass
-  `in_place=False` (CLI: `--no-in-place`) to always take the atomic path.
-* Rewrite, otherwise: a temp file in the same folder gets the new length and header (space-padded
+* Rewrite, the default: a temp file in the same folder gets the new length and header (space-padded
   to a multiple of 8, as the safetensors library writes it, and further so that the buffer keeps
   its offset within a 4 KiB page), then the tensor buffer is streamed over with
   `os.copy_file_range` in 32 MiB chunks (falling back to pread/pwrite), starting writeback after
   each chunk so that the final fsync has little left to do; then the temp file is renamed over the
-  target. The original is untouched until the rename. Tensor offsets are relative to the buffer,
-  so they stay valid. The cost is that of a durable copy (`cp` + fsync).
+  target. The original is untouched until the rename, so a crash or a kill at any moment leaves
+  either the old file or the new one, and readers never see a torn header. Tensor offsets are
+  relative to the buffer, so they stay valid. The cost is that of a durable copy (`cp` + fsync).
+* In place, only when asked (`in_place=True`; CLI `--in-place`) and when the new header (plus any
+  requested reserve) fits in the old N bytes: only bytes 8..8+N are overwritten, padded with
+  spaces, so the cost does not depend on the file size. The risk, which is why it is opt-in: it is
+  not atomic. A crash or kill -9 during the write leaves a torn header (an unreadable file), and
+  readers running meanwhile can read a half-written header. An exception during the write
+  restores the old header bytes. The target must be a regular file (not a symlink).
 
 `reserve` asks for at least that many spare padding bytes after the header, so that later
 updates of a similar size can be made in place.
@@ -40,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from blueprint_format import Blueprint, TensorInfo, atomic_writer, read_safetensors_header
+from blueprint_format.atomic import require_writable_target
 from blueprint_format.binding import SAFETENSORS_HEADER_CAP, SafetensorsHeader
 from blueprint_format.errors import BlueprintIOError, ContainerError, make_error
 from converters.base import (
@@ -52,6 +54,7 @@ from converters.base import (
     metadata_entries,
     require_file,
     same_file,
+    text_digest,
 )
 
 #: Bytes per copy_file_range call (in-kernel, so large is fine; writeback is started per chunk).
@@ -125,7 +128,7 @@ class SafetensorsConverter(Converter):
             edit,
             out,
             reserve=int(opts.get("reserve", 0) or 0),
-            in_place=bool(opts.get("in_place", True)),
+            in_place=bool(opts.get("in_place", False)),
         )
 
     def remove(self, path: Path, out: Path | None = None, **opts: Any) -> WriteResult:
@@ -141,7 +144,7 @@ class SafetensorsConverter(Converter):
             edit,
             out,
             reserve=int(opts.get("reserve", 0) or 0),
-            in_place=bool(opts.get("in_place", True)),
+            in_place=bool(opts.get("in_place", False)),
         )
 
     def update(
@@ -151,9 +154,10 @@ class SafetensorsConverter(Converter):
         out: Path | None = None,
         *,
         reserve: int = 0,
-        in_place: bool = True,
+        in_place: bool = False,
     ) -> WriteResult:
-        """Apply `edit` to the metadata and write the result (in place when it fits, else by rewrite).
+        """Apply `edit` to the metadata and write the result: by crash-safe rewrite, or in place
+        when `in_place` is asked for and the new header fits (see the module's docstring).
 
         `edit` returns None when nothing changes; then `path` is left alone (and copied to `out`).
         """
@@ -161,6 +165,7 @@ class SafetensorsConverter(Converter):
         if reserve < 0:
             raise ContainerError(make_error("bad-container", f"reserve must be >= 0, got {reserve}"))
         info = read_safetensors_header(path)
+        replaced = text_digest(info.metadata.get(METADATA_KEY))
         metadata = edit(dict(info.metadata))
         target = out if out is not None else path
         writes_source = out is None or same_file(out, path)
@@ -173,7 +178,7 @@ class SafetensorsConverter(Converter):
         body = encode_header(rebuild_header(info.header, metadata))
         if len(body) + reserve <= info.header_size and writes_source and in_place:
             overwrite_header(path, info, body.ljust(info.header_size, b" "))
-            return WriteResult(path=path, in_place=True, files=[path])
+            return WriteResult(path=path, in_place=True, files=[path], replaced=replaced)
         size = padded_size(len(body), reserve)
         if PAGE_CONGRUENT and info.data_start % ALIGNMENT == 0:
             # Keep the buffer at the same offset within a page as in the source, so the kernel
@@ -185,7 +190,7 @@ class SafetensorsConverter(Converter):
                 make_error("header-too-large", f"{path}: the new header ({size} bytes) would exceed the cap")
             )
         rewrite(path, target, info, body.ljust(size, b" "))
-        return WriteResult(path=target, files=[target])
+        return WriteResult(path=target, files=[target], replaced=replaced)
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
@@ -203,8 +208,9 @@ def overwrite_header(path: Path, info: SafetensorsHeader, region: bytes) -> None
     On any failure the old header bytes are written back (best effort) before the error propagates.
     """
     assert len(region) == info.header_size
+    require_writable_target(path)  # a regular file, not a symlink (whose target would change)
     try:
-        fd = os.open(path, os.O_RDWR)
+        fd = os.open(path, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0))
     except OSError as exc:
         raise io_error(path, exc, "write-failed") from None
     try:

@@ -70,8 +70,8 @@ def test_embed_to_output_keeps_target(
     )
     assert code == 0 and json.loads(out)["path"] == str(out_path)
     assert model.read_bytes() == original and extract(out_path) is not None
-    # The reserved padding makes the next embed an in-place one.
-    code, out, _ = cli(capsys, "embed", str(bp_file), str(out_path), "--json")
+    # The reserved padding lets the next embed be an in-place one, when asked for.
+    code, out, _ = cli(capsys, "embed", str(bp_file), str(out_path), "--in-place", "--json")
     assert code == 0 and json.loads(out)["in_place"] is True
 
 

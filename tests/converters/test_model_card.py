@@ -93,13 +93,15 @@ def test_round_trip_any_blueprint_any_card(bp, previous, card, lone) -> None:  #
         assert CONV.read(path) is None
 
 
-def test_empty_front_matter_is_dropped_on_strip(tmp_path: Path) -> None:
-    # Documented edge: an entry-only front matter is removed whole, as if embedding had created it.
+def test_empty_front_matter_survives_embed_and_strip(tmp_path: Path) -> None:
+    # An empty front matter that was there before is kept (embed records it in its entry); one
+    # that embed created is dropped again.
     path = tmp_path / "README.md"
-    path.write_text("---\n---\nbody\n")
-    CONV.write(path, build_blueprint([("a", 1)]))
-    CONV.remove(path)
-    assert path.read_text() == "body\n"
+    for text in ("---\n---\nbody\n", "---\n\n---\nbody\n", "body\n"):
+        path.write_text(text)
+        CONV.write(path, build_blueprint([("a", 1)]))
+        CONV.remove(path)
+        assert path.read_text() == text
 
 
 def test_other_content_byte_for_byte(tmp_path: Path) -> None:

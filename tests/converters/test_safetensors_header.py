@@ -112,7 +112,7 @@ def test_second_embed_is_in_place_and_keeps_file_identity(st_file: Path) -> None
     CONV.write(st_file, bp, reserve=4096)
     inode, size = st_file.stat().st_ino, st_file.stat().st_size
     bp2 = blueprint_for_tensors(CONV.tensors(st_file), description="refreshed")
-    result = CONV.write(st_file, bp2)
+    result = CONV.write(st_file, bp2, in_place=True)
     assert result.in_place
     assert st_file.stat().st_ino == inode and st_file.stat().st_size == size
     assert CONV.read(st_file) == bp2
@@ -126,9 +126,12 @@ def test_reserve_guarantees_spare_padding(st_file: Path) -> None:
     assert n - used >= 10_000
 
 
-def test_no_in_place_option_rewrites(st_file: Path) -> None:
+def test_rewrite_is_the_default(st_file: Path) -> None:
     bp = blueprint_for_tensors(CONV.tensors(st_file))
     CONV.write(st_file, bp, reserve=4096)
+    inode = st_file.stat().st_ino
+    assert not CONV.write(st_file, bp).in_place  # the header fits, but in place is opt-in
+    assert st_file.stat().st_ino != inode
     inode = st_file.stat().st_ino
     assert not CONV.write(st_file, bp, in_place=False).in_place
     assert st_file.stat().st_ino != inode
@@ -298,7 +301,7 @@ def test_fault_during_in_place_write_restores_header(st_file: Path, monkeypatch:
 
     monkeypatch.setattr(sh, "_pwrite_all", torn)
     with pytest.raises(BlueprintIOError) as info:
-        CONV.write(st_file, build_blueprint([("m", 2)]))
+        CONV.write(st_file, build_blueprint([("m", 2)]), in_place=True)
     assert info.value.code == "write-failed" and "restored" in str(info.value)
     assert st_file.read_bytes() == original
 
