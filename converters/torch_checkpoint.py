@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 from collections.abc import Mapping, MutableMapping
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, Any, NoReturn, cast
 
 from blueprint_format import Blueprint, TensorInfo, atomic_writer
 from blueprint_format.errors import ContainerError, make_error
@@ -94,21 +95,7 @@ def load_checkpoint(path: Path) -> Any:
     except pickle.UnpicklingError as exc:
         text = str(exc)
         if "Weights only load failed" in text or "WeightsUnpickler" in text:
-            # Keep torch's one-line reason (e.g. "Unsupported global: GLOBAL mod.Class"), not its advice.
-            reason = next(
-                (
-                    line.split("error:", 1)[1].split(". Please", 1)[0].strip()
-                    for line in text.splitlines()
-                    if "WeightsUnpickler error:" in line
-                ),
-                "it needs objects other than tensors and plain containers",
-            )
-            raise ContainerError(
-                make_error(
-                    "unsafe-checkpoint",
-                    f"{path}: refused; loading it would need arbitrary unpickling ({reason[:200]})",
-                )
-            ) from None
+            _refuse_restricted(path, _unpickler_reason(text))
         raise bad_container(path, f"not a PyTorch checkpoint: {text[:200]}") from None
     except OSError as exc:
         raise io_error(path, exc) from None
@@ -118,6 +105,35 @@ def load_checkpoint(path: Path) -> Any:
         raise bad_container(
             path, f"not a readable PyTorch checkpoint: {type(exc).__name__}: {str(exc)[:200]}"
         ) from None
+
+
+def _unpickler_reason(text: str) -> str:
+    """torch's one-line reason (e.g. "Unsupported global: GLOBAL mod.Class"), without its advice;
+    it may follow the "WeightsUnpickler error:" label on the same line or on a later one."""
+    _, _, rest = text.partition("WeightsUnpickler error:")
+    for line in rest.splitlines():
+        line = line.split(". Please", 1)[0].strip()
+        if line and not line.startswith("Check the documentation"):
+            return line
+    return "it needs objects other than tensors and plain containers"
+
+
+def _refuse_restricted(path: Path, reason: str) -> NoReturn:
+    """Refuse a checkpoint the restricted loader will not read: unsafe-checkpoint when it names
+    objects to construct (code would run), bad-container when it only uses a pickle feature the
+    restricted loader does not implement (e.g. LONG4, an integer of more than 255 bytes)."""
+    match = re.search(r"Unsupported operand (\d+)", reason)
+    if match is not None:
+        code = int(match.group(1))
+        name = next((n for n, v in vars(pickle).items() if n.isupper() and v == bytes([code])), f"{code}")
+        raise bad_container(
+            path,
+            f"the restricted loader cannot read pickle opcode {name} ({code})"
+            + (": an integer of more than 255 bytes, which no blueprint holds" if name == "LONG4" else ""),
+        )
+    raise ContainerError(
+        make_error("unsafe-checkpoint", f"{path}: refused; loading it would need arbitrary unpickling ({reason[:200]})")
+    )
 
 
 def _state_dict(obj: Any) -> Mapping[str, Any] | None:
