@@ -84,6 +84,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "--sidecar", choices=SIDECAR_GRANULARITIES, default=None,
         help="also write row- or element-level scores to OUT's stem + .scores.safetensors, referenced by digest",
     )
+    p.add_argument(
+        "--distributed", choices=("fsdp",), default=None,
+        help="shard the model with FSDP2 over the processes torchrun starts (torchrun --nproc_per_node N "
+        "$(which blueprint) compute ... --distributed fsdp); every process takes every N-th batch, rank 0 writes",
+    )
     p.set_defaults(handler=cmd_compute)
 
 
@@ -156,6 +161,14 @@ def plan_from_flags(args: argparse.Namespace) -> ComputePlan:
         )
         positive_int("max_batches", args.max_batches, allow_none=True)
     out, sidecar = _output_paths(args)
+    if args.distributed is not None:
+        from reference_impl.sharded import TORCHRUN_ENV, launched_by_torchrun
+
+        if not launched_by_torchrun():
+            raise usage("--distributed", f"--distributed {args.distributed} needs torchrun's processes "
+                        f"({', '.join(TORCHRUN_ENV)} unset): torchrun --nproc_per_node N $(which blueprint) compute ...")
+        if sidecar is not None:
+            raise usage("--sidecar", "--sidecar is not written from a sharded (--distributed fsdp) computation")
     if args.embed and importlib.util.find_spec("converters") is None:
         raise usage("--embed", "--embed needs the converters package (pip install 'gradient-blueprints[all]')")
     return ComputePlan(dataclasses.replace(config, sidecar=sidecar), out)
@@ -242,8 +255,13 @@ def _compute(args: argparse.Namespace, plan: ComputePlan, used: dict[str, list[A
     }
     loss_fn, loss_name = _loss(loaded.task, loaded.model, loaded.tokenizer)
     config = dataclasses.replace(plan.config, seq_len=seq_len, loss_name=loss_name)
+    model = loaded.model
+    if args.distributed == "fsdp":
+        from reference_impl.sharded import shard_model
+
+        model = shard_model(model, config.device)
     try:
-        return compute_blueprint(loaded.model, calib, loss_fn, config, tokenizer=loaded.tokenizer)
+        return compute_blueprint(model, calib, loss_fn, config, tokenizer=loaded.tokenizer)
     except (RuntimeError, ValueError, IndexError, TypeError) as exc:
         # Anything the model or loss raises on this data: one line, no traceback, nothing written.
         reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:500]
@@ -255,16 +273,37 @@ def cmd_compute(args: argparse.Namespace) -> int:
     from reference_impl.model_loading import model_folder_tensors, refuse_remote_code
 
     plan = plan_from_flags(args)
-    with quiet_output(args.quiet):
+    with quiet_output(args.quiet), _processes(args) as device:
+        if device is not None:  # this process's device under torchrun
+            plan = dataclasses.replace(plan, config=dataclasses.replace(plan.config, device=device))
         used, files = read_domains(args, plan)
         model_path = Path(args.model)
         tensors = model_folder_tensors(model_path)
         refuse_remote_code(model_path, args.trust_remote_code)
         bp = _compute(args, plan, used, files)
-        embedded = _check_and_write(args, plan, bp, tensors)
-    if not args.quiet:
+        main = _is_main_process()
+        embedded = _check_and_write(args, plan, bp, tensors) if main else None
+    if not args.quiet and main:
         _summary(bp, plan.output, embedded)
     return 0
+
+
+def _processes(args: argparse.Namespace) -> Any:
+    """With --distributed: the torchrun process group for the command's duration (yields this
+    process's device); else a context yielding None."""
+    import contextlib
+
+    if args.distributed is None:
+        return contextlib.nullcontext(None)
+    from reference_impl.sharded import process_group
+
+    return process_group(args.device)
+
+
+def _is_main_process() -> bool:
+    from reference_impl.sharded import is_main_process
+
+    return is_main_process()
 
 
 def _check_and_write(args: argparse.Namespace, plan: ComputePlan, bp: Any, tensors: list[Any]) -> Any:

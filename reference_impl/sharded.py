@@ -15,15 +15,56 @@ Statistics are assembled from the shards without gathering any gradient:
 
 FSDP1 (`FullyShardedDataParallel`, flattened parameters that cross module boundaries) stays
 refused: its shards do not map back to parameters.
+
+The commands take `--distributed fsdp` under torchrun (`process_group` joins the group torchrun
+set up; `shard_model` applies FSDP2 to a loaded model), for example:
+
+    torchrun --nproc_per_node 2 $(which blueprint) compute --model FOLDER --data d=d.txt -o bp.json \
+        --distributed fsdp
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+#: Environment variables torchrun sets for every process it starts.
+TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def launched_by_torchrun() -> bool:
+    """Whether this process was started by torchrun (or another launcher setting its variables)."""
+    return all(k in os.environ for k in TORCHRUN_ENV)
+
+
+@contextlib.contextmanager
+def process_group(device: str) -> Iterator[torch.device]:
+    """Join the process group torchrun describes (NCCL on CUDA, gloo on the CPU) for the
+    duration; yields this process's device (`device`: "auto", "cpu" or "cuda")."""
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    dev = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(dev)
+    joined = not (dist.is_available() and dist.is_initialized())
+    if joined:
+        dist.init_process_group("nccl" if cuda else "gloo")
+    try:
+        yield dev
+    finally:
+        if joined:
+            dist.destroy_process_group()
+
+
+def is_main_process() -> bool:
+    """Rank 0, or not distributed: the process that writes outputs and prints."""
+    return distributed()[1] == 0
 
 
 def distributed() -> tuple[bool, int, int]:

@@ -3,7 +3,9 @@ process group, DDP, and FSDP2 (`fully_shard`), whose statistics are assembled fr
 
 from __future__ import annotations
 
+import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -89,3 +91,50 @@ def test_torchrun_two_processes_match_one(tmp_path: Path) -> None:
     fsdp_llama = bf.load(tmp_path / "fsdp_llama.json")
     _compare(fsdp_llama, compute_blueprint(tiny_llama(), llama_data, causal_lm_loss, row))
     assert "lm_head" not in [m.name for m in fsdp_llama.modules]  # tied: described once, as the embedding
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_cli_distributed_fsdp_matches_one_process(tmp_path: Path) -> None:
+    """`torchrun --nproc_per_node 2 blueprint compute ... --distributed fsdp` (the README's launch)
+    equals one process whose batches are the union of the two processes' batches."""
+    from blueprint_format.cli import main
+    from tests.compute.hf_folders import make_folder
+    from tests.data_selection.folders import WORDS
+
+    folder = make_folder(tmp_path / "cls", "cls")
+    # Six one-token words per example: no padding, so both runs pad (not at all) alike.
+    rng = random.Random(0)
+    data = tmp_path / "reviews.jsonl"
+    data.write_text("".join(
+        json.dumps({"text": " ".join(rng.choice(WORDS) for _ in range(6)), "label": "pos" if i % 2 else "neg"}) + "\n"
+        for i in range(32)
+    ), encoding="utf-8")
+    common = ["compute", "--model", str(folder), "--data", f"reviews={data}", "--min-examples", "8", "--quiet",
+              "--device", "cpu", "--granularity", "row"]
+    blueprint = Path(sys.executable).with_name("blueprint")
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
+    assert torchrun is not None
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.run(
+        [torchrun, "--standalone", "--nproc_per_node=2", str(blueprint), *common, "--batch-size", "4",
+         "-o", str(tmp_path / "fsdp.json"), "--distributed", "fsdp"],
+        env=env, capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert main([*common, "--batch-size", "8", "-o", str(tmp_path / "one.json")]) == 0
+    multi, single = bf.load(tmp_path / "fsdp.json"), bf.load(tmp_path / "one.json")
+    assert multi.method.world_size == 2 and single.method.world_size == 1
+    _compare(multi, single)
+    assert bf.check_binding(multi, bf.model_tensors(folder)) == []
+
+
+def test_cli_distributed_needs_torchrun(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from blueprint_format.cli import main
+
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    (tmp_path / "d.txt").write_text("x\n", encoding="utf-8")
+    code = main(["compute", "--model", str(tmp_path), "--data", f"d={tmp_path / 'd.txt'}", "-o",
+                 str(tmp_path / "bp.json"), "--distributed", "fsdp"])
+    assert code == 2
