@@ -200,8 +200,9 @@ class BlueprintHandle:
         for e in self.sparse:
             s = e.selection
             i_bytes += s.indices.numel() * s.indices.element_size()
-            if s.row_ptr is not None:
-                i_bytes += s.row_ptr.numel() * s.row_ptr.element_size()
+            for extra in (s.row_ptr, s.active_rows):
+                if extra is not None:
+                    i_bytes += extra.numel() * extra.element_size()
         g_bytes = sum(p.grad.numel() * p.grad.element_size() for p in params if p.grad is not None)
         o_bytes = 0
         if optimizer is not None:
@@ -620,37 +621,87 @@ def _densities(
     return parts, wholes
 
 
-def _f32(x: float) -> float:
-    # Thresholds are compared with float32 densities: round them the same way everywhere.
-    return float(torch.tensor(x, dtype=torch.float32))
+#: Bins of the density histogram that locates the selection threshold.
+HISTOGRAM_BINS = 4096
+#: Densities processed at once while binning (bounds the temporary bin indices).
+BIN_CHUNK = 1 << 22
+
+
+def _units_of(parts: list[tuple[str, torch.Tensor, int]],
+              wholes: list[tuple[str, float, int]]) -> list[tuple[torch.Tensor, int | torch.Tensor]]:
+    """(float32 densities, unit size: one int for a tensor's units, or one per unit) of every candidate."""
+    units: list[tuple[torch.Tensor, int | torch.Tensor]] = [(d.reshape(-1), size) for _, d, size in parts]
+    if wholes:
+        units.append((torch.tensor([d for _, d, _ in wholes], dtype=torch.float32),
+                      torch.tensor([size for _, _, size in wholes], dtype=torch.float64)))
+    return units
+
+
+def _weight(size: int | torch.Tensor, mask: torch.Tensor, start: int = 0) -> torch.Tensor:
+    """Entries of the masked units (mask over units start.. of this candidate)."""
+    if isinstance(size, int):
+        return mask.sum(dtype=torch.float64) * size
+    return size[start : start + mask.numel()][mask].sum()
+
+
+def _histogram(units: list[tuple[torch.Tensor, int | torch.Tensor]], edges: torch.Tensor) -> torch.Tensor:
+    """Entries per density bin [edges[b], edges[b + 1]) (the top bin includes its upper edge)."""
+    counts = torch.zeros(len(edges) - 1, dtype=torch.float64)
+    last = len(edges) - 2
+    for d, size in units:
+        for start in range(0, int(d.numel()), BIN_CHUNK):
+            chunk = d[start : start + BIN_CHUNK]
+            keep = chunk >= edges[0]
+            b = (torch.bucketize(chunk[keep], edges, right=True) - 1).clamp_(max=last)
+            w = (torch.full((int(b.numel()),), float(size), dtype=torch.float64) if isinstance(size, int)
+                 else size[start : start + int(chunk.numel())][keep])
+            counts += torch.bincount(b, weights=w, minlength=last + 1)
+    return counts
 
 
 def _threshold(parts: list[tuple[str, torch.Tensor, int]], wholes: list[tuple[str, float, int]], cap: int) -> float | None:
-    """The smallest density threshold whose units fit `cap` entries (None: nothing to select).
+    """The smallest density v whose units (those with density >= v) fit `cap` entries; None when
+    nothing can be selected.
 
-    Found by bisection in log space, so that no concatenated score vector of the model is built."""
-    maxima = [float(d.max()) if d.numel() else 0.0 for _, d, _ in parts]
-
-    def taken(tau: float) -> int:
-        tau = _f32(tau)
-        n = sum(int((d >= tau).sum()) * size for (_, d, size), mx in zip(parts, maxima) if mx >= tau)
-        return n + sum(size for _, d, size in wholes if d >= tau)
-
-    hi = max([*maxima, *(d for _, d, _ in wholes), 0.0])
-    if hi <= 0:
+    One pass bins every density into a log-spaced histogram to find the bin where the count
+    from the top crosses `cap`; a second pass sorts only that bin's densities. No concatenated
+    score vector of the model is ever built."""
+    units = _units_of(parts, wholes)
+    positive = [float(d[d > 0].min()) for d, _ in units if bool((d > 0).any())]
+    if not positive:
         return None
-    positive = [float(d[d > 0].min()) for _, d, _ in parts if bool((d > 0).any())] + [d for _, d, _ in wholes]
-    floor = min(positive)
-    if taken(floor) <= cap:
-        return _f32(floor)
-    lo, up = math.log(floor), math.log(hi) + 1e-12
-    for _ in range(48):
-        mid = 0.5 * (lo + up)
-        if taken(math.exp(mid)) <= cap:
-            up = mid
-        else:
-            lo = mid
-    return _f32(math.exp(up))
+    floor, hi = min(positive), max(float(d.max()) for d, _ in units if d.numel())
+    if float(sum(_weight(size, d > 0) for d, size in units)) <= cap:
+        return floor
+    grid = torch.linspace(math.log(floor), math.log(hi), HISTOGRAM_BINS + 1, dtype=torch.float64).exp()
+    edges = grid.to(torch.float32)
+    edges[0], edges[-1] = floor, hi  # exactly the extreme densities, whatever exp() rounded to
+    counts = _histogram(units, edges)
+    above = torch.flip(torch.cumsum(torch.flip(counts, [0]), 0), [0])  # entries in bins >= b
+    crossing = int((above > cap).nonzero().max())
+    fits = float(above[crossing + 1]) if crossing + 1 < len(counts) else 0.0
+    lo, up = float(edges[crossing]), float(edges[crossing + 1])
+    values: list[torch.Tensor] = []
+    sizes: list[torch.Tensor] = []
+    for d, size in units:
+        m = (d >= lo) & ((d < up) if crossing + 1 < len(counts) else (d <= up))
+        values.append(d[m])
+        sizes.append(torch.full((int(m.sum()),), float(size), dtype=torch.float64) if isinstance(size, int)
+                     else size[m])
+    return _walk_down(torch.cat(values), torch.cat(sizes), fits, cap, up)
+
+
+def _walk_down(values: torch.Tensor, sizes: torch.Tensor, taken: float, cap: int, ceiling: float) -> float:
+    """Take the bin's densities from the largest down while they fit; the last one taken (or the
+    bin's upper edge when none fits) is the threshold. Equal densities are taken together."""
+    order = torch.argsort(values, descending=True, stable=True)
+    vals, sz = values[order], sizes[order]
+    distinct, runs = torch.unique_consecutive(vals, return_counts=True)
+    totals = torch.cumsum(sz, 0)[torch.cumsum(runs, 0) - 1]  # entries down to each distinct density
+    fit = (taken + totals) <= cap
+    if not bool(fit.any()):
+        return ceiling
+    return float(distinct[int(fit.nonzero().max())])
 
 
 def select(binding: Binding, scores: Scores, config: ApplyConfig) -> Selection:

@@ -10,7 +10,8 @@ the gradient of its selected entries only, written straight into a selection-siz
   R = the input X; GPT-2's Conv1D: L = X, R = G): dW[rows] = L[:, rows]^T R, nothing else;
 * element granularity: dW is formed one block of rows at a time (a block is at most a quarter of
   W and at most BLOCK_BYTES), the block's selected entries are gathered, and the block is freed;
-  blocks without a selected entry are skipped. No weight-sized tensor is allocated;
+  blocks without a selected entry are skipped, and when few rows hold an entry only those rows
+  are formed. No weight-sized tensor is allocated;
 * Embedding: the gradient is a scatter of the output gradient at the looked-up ids, so it is formed
   for the distinct ids of the batch only (at most batch x sequence rows), never for the vocabulary;
 * Conv1d/2d/3d: the (small) dense weight gradient is formed transiently by
@@ -57,9 +58,17 @@ def matrix_values_grad(sel: SparseSelection, left: torch.Tensor, right: torch.Te
         return out.to(sel.values.dtype)
     cols = int(right.shape[1])
     grad = torch.zeros(sel.values.shape, dtype=left.dtype, device=left.device)
-    for r0, r1, p0, p1 in sel.blocks:
-        block = left[:, r0:r1].t().matmul(right)  # (r1 - r0) x cols, freed at the next iteration
-        local = sel.indices[p0:p1] - r0 * cols
+    active = sel.active_rows
+    for a0, a1, p0, p1 in sel.blocks:
+        if active is None:  # consecutive rows a0..a1-1
+            block = left[:, a0:a1].t().matmul(right)  # (a1 - a0) x cols, freed at the next iteration
+            local = sel.indices[p0:p1] - a0 * cols
+        else:  # the block's rows with a selected entry, gathered
+            rows = active[a0:a1]
+            block = left.index_select(1, rows).t().matmul(right)
+            flat = sel.indices[p0:p1].to(torch.int64)
+            row = flat // cols
+            local = torch.searchsorted(rows, row) * cols + (flat - row * cols)
         torch.index_select(block.view(-1), 0, local, out=grad[p0:p1])
         del block
     return grad.to(sel.values.dtype)

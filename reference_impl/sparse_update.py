@@ -36,6 +36,9 @@ INT32_MAX = 2**31 - 1
 #: small, at most an eighth of the selection's int32 indices' size, doubled).
 WRITE_CHUNK = 1 << 20
 GRANULARITIES = ("row", "element")
+#: At element granularity, backward forms only the rows holding a selected entry when they are at
+#: most this share of the weight's rows (gathering them costs a copy of their output gradients).
+COMPACT_SHARE = 0.75
 
 
 def index_dtype(numel: int) -> torch.dtype:
@@ -74,17 +77,31 @@ class SparseSelection(nn.Module):
         with torch.no_grad():
             self.values = nn.Parameter(self._gather(weight))
         self.row_ptr: torch.Tensor | None = None
+        self.active_rows: torch.Tensor | None = None
         self.blocks: list[tuple[int, int, int, int]] = []
         if self.granularity == "element" and weight.dim() == 2:
             self._index_rows(idx, int(weight.shape[0]), int(weight.shape[1]), weight.element_size())
         self._synced = self.values._version
 
     def _index_rows(self, idx: torch.Tensor, rows: int, cols: int, itemsize: int) -> None:
-        """Row pointers (CSR) of the sorted flat indices, and the non-empty row blocks."""
+        """Row pointers (CSR) of the sorted flat indices, and the row blocks backward forms.
+
+        When few rows hold a selected entry (at most COMPACT_SHARE of them), backward forms the
+        gradient of those rows only (`active_rows`), in blocks of them; else it forms blocks of
+        consecutive rows, skipping blocks without an entry. A block is (first, end, p0, p1): rows
+        first..end-1 (of the weight, or of `active_rows`), entries p0..p1-1 of `indices`.
+        """
         bounds = torch.arange(rows + 1, device=idx.device, dtype=torch.int64) * cols
         self.row_ptr = torch.searchsorted(idx, bounds)
-        step = block_rows(rows, cols, itemsize)
         ptr = self.row_ptr.tolist()
+        active = [r for r in range(rows) if ptr[r + 1] > ptr[r]]
+        if len(active) <= COMPACT_SHARE * rows:
+            self.active_rows = torch.tensor(active, dtype=torch.int64, device=idx.device)
+            step = block_rows(len(active), cols, itemsize)
+            self.blocks = [(a0, min(a0 + step, len(active)), ptr[active[a0]], ptr[active[min(a0 + step, len(active)) - 1] + 1])
+                           for a0 in range(0, len(active), step)]
+            return
+        step = block_rows(rows, cols, itemsize)
         self.blocks = [
             (r0, min(r0 + step, rows), ptr[r0], ptr[min(r0 + step, rows)])
             for r0 in range(0, rows, step)
@@ -98,8 +115,8 @@ class SparseSelection(nn.Module):
 
     def _gather(self, weight: torch.Tensor) -> torch.Tensor:
         if self.granularity == "row":
-            return weight.detach().index_select(0, self.indices).clone()
-        return weight.detach().reshape(-1).index_select(0, self.indices).clone()
+            return weight.detach().index_select(0, self.indices)
+        return weight.detach().reshape(-1).index_select(0, self.indices)
 
     @property
     def selected_count(self) -> int:

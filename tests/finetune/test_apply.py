@@ -55,7 +55,8 @@ def test_optimizer_state_only_for_selected_entries(mlp: TinyMLP, granularity: st
     assert all(p.grad is None for p in mlp.parameters() if not p.requires_grad)
     b = h.trainable_state_bytes(opt)
     sels = [e.selection for e in h.sparse]
-    idx_bytes = sum(s.indices.numel() * 4 + (s.row_ptr.numel() * 8 if s.row_ptr is not None else 0) for s in sels)
+    idx_bytes = sum(s.indices.numel() * 4 + sum(t.numel() * 8 for t in (s.row_ptr, s.active_rows) if t is not None)
+                    for s in sels)
     assert b["parameters"] == 4 * h.selected_count and b["indices"] == idx_bytes
     assert b["gradients"] == 0  # _train zeroes them after the last step
     assert b["optimizer"] == 8 * h.selected_count + 4 * len(h.parameters())  # + AdamW's step scalars
@@ -309,3 +310,35 @@ def test_sidecar_scores_choose_the_same_entries_as_local_gradients(tmp_path, mlp
     with pytest.raises(BlueprintError) as err:
         sidecar_scores(mlp_blueprint(mlp), tmp_path)
     assert _codes(err.value) == ["missing-field"]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_threshold_equals_a_naive_sort(seed: int) -> None:
+    from reference_impl.apply import _threshold
+
+    g = torch.Generator().manual_seed(seed)
+    # Heavy-tailed densities with ties and zeros, in tensors of different unit sizes, plus whole modules.
+    parts = [
+        ("a", (torch.rand(5000, generator=g) ** 8).mul_(1e-3), 1),
+        ("b", torch.randint(0, 50, (300,), generator=g).float().mul_(1e-5), 7),
+        ("c", torch.zeros(40), 1),
+    ]
+    wholes = [("w1", float(torch.tensor(3e-5, dtype=torch.float32)), 11), ("w2", 1e-9, 3)]
+    units = [(float(v), size) for _, d, size in parts for v in d.tolist()] + [(d, size) for _, d, size in wholes]
+    total = sum(size for v, size in units if v > 0)
+    for cap in (1, 97, 1000, total // 3, total - 1, total):
+        tau = _threshold(parts, wholes, cap)
+        assert tau is not None
+        taken = sum(size for v, size in units if v >= tau)
+        # Naive: walk the distinct positive densities from the largest down while their units fit.
+        per_value: dict[float, int] = {}
+        for v, size in units:
+            if v > 0:
+                per_value[v] = per_value.get(v, 0) + size
+        expected = 0
+        for v in sorted(per_value, reverse=True):
+            if expected + per_value[v] > cap:
+                break
+            expected += per_value[v]
+        assert taken == expected <= cap, (cap, tau)
+    assert _threshold([("z", torch.zeros(4), 1)], [], 2) is None

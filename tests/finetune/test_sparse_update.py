@@ -92,6 +92,28 @@ def test_selected_gradients_equal_dense_autograd(granularity: str) -> None:
     assert all(p.grad is None for n, p in model.named_parameters() if not n.endswith(".values"))
 
 
+def test_few_active_rows_form_only_those_rows() -> None:
+    model = tiny_lm()
+    reference = copy.deepcopy(model)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    rows = torch.tensor([3, 17, 40])  # of the tied embedding / output weight (VOCAB rows)
+    cols = torch.tensor([0, 5, 31])
+    flat = (rows[:, None] * DIM + cols[None, :]).reshape(-1)
+    up_flat = torch.tensor([2 * DIM + 1, 2 * DIM + 7, 9 * DIM])  # rows 2 and 9 of up.weight
+    engine = attach_sparse(model, [("emb.weight", flat, "element"), ("up.weight", up_flat, "element")])
+    emb, up = engine.selections["emb.weight"], engine.selections["up.weight"]
+    assert emb.active_rows is not None and emb.active_rows.tolist() == rows.tolist()
+    assert emb.weight_grad_fraction() == 3 / VOCAB and up.weight_grad_fraction() == 2 / HIDDEN
+    batch = lm_batches(7, 1)[0]
+    batch[0][0, :3] = rows  # the embedding rows occur in the batch too
+    lm_loss(model, batch).backward()
+    lm_loss(reference, batch).backward()
+    ref = dict(reference.named_parameters())
+    for name, sel in engine.selections.items():
+        torch.testing.assert_close(sel.values.grad, gathered(sel, ref[name].grad), rtol=1e-5, atol=1e-7)
+
+
 def test_padding_row_gets_no_gradient() -> None:
     model = tiny_lm()
     model.out.weight = nn.Parameter(model.out.weight.detach().clone())  # untie: embedding only
