@@ -45,7 +45,7 @@ PLUGIN_COMMANDS: dict[str, tuple[str, str]] = {
         "keep the training examples with the largest gradient norms (needs torch)",
     ),
 }
-CORE_COMMANDS = ("validate", "show", "schema", "digest", "codes")
+CORE_COMMANDS = ("validate", "show", "schema", "digest", "codes", "diff")
 
 
 def command_help(command: str) -> str:
@@ -251,6 +251,10 @@ def build_parser(plugins: Sequence[str] = ()) -> argparse.ArgumentParser:
     p = sub.add_parser("codes", help="list the stable error codes")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_codes)
+
+    from blueprint_format import diff_cli  # argparse only: the comparison is imported when run
+
+    diff_cli.register(sub)
 
     registered: set[str] = set()
     for name in plugins:

@@ -21,10 +21,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from blueprint_format.errors import BlueprintError, make_error, usage_error
-from blueprint_format.models import Blueprint, HeavyTail
+
+if TYPE_CHECKING:  # the models (pydantic) load only when blueprints are compared, not for --help
+    from blueprint_format.models import Blueprint, HeavyTail
 
 
 @dataclass(frozen=True)

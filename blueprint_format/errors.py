@@ -103,11 +103,21 @@ ERROR_CODES: dict[str, ErrorCode] = _table(
     ),
     ("unsafe-path", "semantic", "A sidecar path is absolute, escapes its folder, or is otherwise unsafe."),
     ("data-selection-inconsistent", "semantic", "The data-selection counts contradict each other."),
+    (
+        "stability-incomplete",
+        "semantic",
+        "A domain's stability lacks a module's interval, or an interval has no stability on its domain.",
+    ),
     # Binding to a model (validate --against, embed).
     ("structure-digest-mismatch", "binding", "The blueprint was made for a model with other tensors."),
     ("module-not-in-model", "binding", "A module name matches no tensor of the model."),
     ("unreadable-model", "binding", "The model's headers could not be read."),
     ("model-module-not-in-blueprint", "binding", "The model has trainable modules that the blueprint does not describe."),
+    (
+        "not-comparable",
+        "binding",
+        "Two blueprints cannot be compared: they describe different models or share no module or domain.",
+    ),
     # Warnings.
     ("unknown-member", "version", "A newer minor version's member was ignored (warning)."),
     # Containers (converters).

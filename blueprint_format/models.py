@@ -125,6 +125,8 @@ Text1024 = Annotated[str, Field(min_length=0, max_length=1024)]
 NonEmpty1024 = Annotated[str, Field(min_length=1, max_length=1024)]
 Text4096 = Annotated[str, Field(min_length=0, max_length=4096)]
 StatisticName = Literal["grad_norm_mean", "grad_norm_median", "grad_norm_sq_mean", "mean_grad_norm"]
+#: The statistics a bootstrap over per-unit gradient norms can recompute (SPEC 7.7).
+StabilityStatistic = Literal["grad_norm_mean", "grad_norm_median", "grad_norm_sq_mean"]
 # Choices used by producers and CLIs too: derive them with typing.get_args, never restate them.
 Granularity = Literal["module", "row", "element"]
 Precision = Literal["fp32", "fp16", "bf16", "fp64", "bf16-autocast", "fp16-autocast"]
@@ -224,6 +226,32 @@ class HeavyTail(_Strict):
     mass_shares: MassShares
 
 
+class StabilitySelection(_Strict):
+    """Expected overlap of module selections at `budget` between bootstrap resamples (SPEC 7.7)."""
+
+    budget: OpenFraction
+    overlap: Fraction
+
+
+class Stability(_Strict):
+    """How much a domain's statistics and ranking move between draws of its units (SPEC 7.7, since 1.1)."""
+
+    method: Annotated[str, Field(pattern=r"^(batch-bootstrap|x-[a-z0-9][a-z0-9.-]{0,62})$")]
+    statistic: StabilityStatistic
+    resamples: Annotated[int, BeforeValidator(_integral), Field(ge=2, le=MAX_SAFE_INTEGER)]
+    confidence: Annotated[float, Field(gt=0, lt=1)]
+    seed: Count | None = None
+    rank_correlation: Annotated[float, Field(ge=-1, le=1)]
+    selection: StabilitySelection | None = None
+
+
+class Interval(_Strict):
+    """A bootstrap confidence interval of one module's statistic on one domain (SPEC 7.7, since 1.1)."""
+
+    lower: Statistic
+    upper: Statistic
+
+
 class Domain(_Strict):
     """A calibration domain with its default weight and its data's aggregate description."""
 
@@ -237,6 +265,7 @@ class Domain(_Strict):
     data_fingerprint: Digest | None = None
     heavy_tail: HeavyTail | None = None
     element_mass_shares: MassShares | None = None
+    stability: Stability | None = None
 
 
 class ModuleStats(_Strict):
@@ -247,6 +276,7 @@ class ModuleStats(_Strict):
     grad_norm_sq_mean: Statistic
     mean_grad_norm: Statistic | None = None
     rank: PositiveCount
+    interval: Interval | None = None
 
 
 class Combined(_Strict):

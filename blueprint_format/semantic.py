@@ -9,6 +9,7 @@ import math
 from collections.abc import Callable, Iterable
 from pathlib import PurePosixPath
 
+from blueprint_format._version import newer_members
 from blueprint_format.errors import Issue, make_error
 from blueprint_format.models import Blueprint, GlobalBudgetRule, MarginalRule, MassShares
 from blueprint_format.pointer import escape
@@ -258,6 +259,38 @@ def unsafe_path_reason(path: str) -> str | None:
     return None
 
 
+def check_stability(bp: Blueprint) -> Iterable[Issue]:
+    """SPEC 7.7 and 14: no member newer than the declared version; an interval on every module's
+    statistics exactly on the domains that have a stability; lower <= upper."""
+    declared = int(bp.spec_version.split(".")[1])
+    newer = list(newer_members(bp, declared))
+    for pointer, since in newer:
+        yield make_error(
+            "unknown-field",
+            f"{pointer.rsplit('/', 1)[-1]} is defined from spec 1.{since}.0; this document declares {bp.spec_version}",
+            pointer,
+        )
+    if newer:
+        return
+    with_stability = {d.name for d in bp.domains if d.stability is not None}
+    for i, m in enumerate(bp.modules):
+        for key, s in m.stats.items():
+            where = f"/modules/{i}/stats/{escape(key)}/interval"
+            if s.interval is None:
+                if key in with_stability:
+                    yield make_error(
+                        "stability-incomplete", f"domain {key!r} has a stability but module {m.name!r} no interval", where
+                    )
+            elif key not in with_stability:
+                yield make_error("stability-incomplete", f"an interval on domain {key!r}, which has no stability", where)
+            elif s.interval.lower > s.interval.upper:
+                yield make_error(
+                    "inconsistent-statistics",
+                    f"interval lower {s.interval.lower:g} exceeds upper {s.interval.upper:g}",
+                    where,
+                )
+
+
 def check_files(bp: Blueprint) -> Iterable[Issue]:
     """Sidecar paths stay inside the blueprint's folder; data-selection counts agree."""
     for i, sidecar in enumerate(bp.sidecars or []):
@@ -307,6 +340,7 @@ RULES: tuple[Callable[[Blueprint], Iterable[Issue]], ...] = (
     check_statistics,
     check_domains,
     check_allocation,
+    check_stability,
     check_files,
 )
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from blueprint_format._version import SPEC_VERSION, __version__
+from blueprint_format._version import SPEC_VERSION, __version__, required_spec_version
 from blueprint_format.jsonio import sha256_digest
 from blueprint_format.models import Blueprint, Domain, HeavyTail
 from reference_impl import heavy_tail
@@ -30,6 +30,8 @@ from reference_impl.config import spec_max_length
 from reference_impl.data_selection import data_fingerprint
 from reference_impl.errors import compute_error
 from reference_impl.model_binding import ModuleLayout
+from reference_impl.stability import METHOD as STABILITY_METHOD
+from reference_impl.stability import STABILITY_STATISTICS, StabilityConfig, bootstrap_stability
 from reference_impl.statistics import RANK_STATISTIC, STATISTICS, module_statistics, ranks
 
 if TYPE_CHECKING:
@@ -92,7 +94,7 @@ def assemble(c: Computation) -> Blueprint:
     combined_rank = ranks(score)
     names = [d.name for d in c.domains]
     doc: dict[str, Any] = {
-        "spec_version": SPEC_VERSION,
+        "spec_version": SPEC_VERSION,  # lowered below to the version the document needs
         "model": model_record(c),
         "provenance": provenance_record(cfg),
         "method": method_record(c),
@@ -109,6 +111,9 @@ def assemble(c: Computation) -> Blueprint:
     }
     if cfg.description:
         doc["description"] = cfg.description
+    for i, d in enumerate(c.domains):
+        add_stability(doc, i, d, keep, per_domain[i], cfg, alloc.trainable_fraction)
+    doc["spec_version"] = required_spec_version(doc)  # the lowest version defining what it holds
     bp = Blueprint.model_validate(doc)  # validate before writing anything
     if cfg.sidecar is not None:
         doc["sidecars"] = [_write_sidecar(c, keep)]
@@ -202,6 +207,33 @@ def domain_record(d: DomainResult, values: dict[str, np.ndarray], statistic: str
     record["heavy_tail"] = heavy_tail_record(values[statistic], statistic)
     record["element_mass_shares"] = d.stats.element_shares
     return record
+
+
+def add_stability(
+    doc: dict[str, Any], i: int, d: DomainResult, keep: list[int], values: dict[str, np.ndarray],
+    cfg: ComputeConfig, budget: float | None,
+) -> None:
+    """Domain i's `stability` and its modules' `interval`s (SPEC 7.7), from a bootstrap over its
+    batches; nothing with fewer than 2 batches. The statistic is the allocation's when per-batch
+    norms can resample it, else grad_norm_mean; the selection overlap is taken at the allocation's
+    trainable fraction."""
+    if d.batches < 2:
+        return
+    statistic = cfg.statistic if cfg.statistic in STABILITY_STATISTICS else "grad_norm_mean"
+    settings = StabilityConfig(seed=cfg.seed)
+    sizes = np.array([m["parameter_count"] for m in doc["modules"]]) if budget else None
+    s = bootstrap_stability(
+        d.stats.batch_norms[:, keep], statistic, values[statistic], sizes, budget or None, settings
+    )
+    record: dict[str, Any] = {
+        "method": STABILITY_METHOD, "statistic": statistic, "resamples": settings.resamples,
+        "confidence": settings.confidence, "seed": settings.seed, "rank_correlation": s.rank_correlation,
+    }
+    if s.selection_overlap is not None:
+        record["selection"] = {"budget": budget, "overlap": s.selection_overlap}
+    doc["domains"][i]["stability"] = record
+    for module, lower, upper in zip(doc["modules"], s.lower, s.upper):
+        module["stats"][d.name]["interval"] = {"lower": float(lower), "upper": float(upper)}
 
 
 def _weights_revision(model_path: Path) -> str:

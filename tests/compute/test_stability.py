@@ -185,3 +185,35 @@ def test_a_statistic_that_needs_gradients_is_refused() -> None:
     with pytest.raises(ConfigError) as info:
         resampled_statistic(np.ones((2, 2)), np.zeros((2, 2), dtype=np.int64), "mean_grad_norm")
     assert info.value.field == "statistic"
+
+
+def test_compute_records_the_bootstrap_of_each_domain(tiny_net: object) -> None:
+    import blueprint_format as bf
+    from reference_impl import compute_blueprint
+    from tests.compute.conftest import tiny_batches, tiny_loss
+
+    data = {"a": tiny_batches(1, 5), "b": tiny_batches(2, 4), "one": tiny_batches(3, 1)}
+    collected: dict[str, np.ndarray] = {}
+    bp = compute_blueprint(
+        tiny_net, data, tiny_loss, created="2026-01-01T00:00:00Z", seed=3, min_examples_per_aggregate=8,
+        on_domain_done=lambda name, stats: collected.__setitem__(name, stats.batch_norms),
+    )
+    assert bp.spec_version == "1.1.0" and bf.validate(bp.to_json()) == []
+    sizes = np.array([m.parameter_count for m in bp.modules])
+    for name in ("a", "b"):
+        s = bp.domain(name).stability
+        assert s is not None and s.method == "batch-bootstrap" and s.seed == 3 and s.selection is not None
+        assert s.selection.budget == pytest.approx(bp.allocation.trainable_fraction)
+        values = np.array([m.stats[name].grad_norm_mean for m in bp.modules])
+        # The same bootstrap over the collected per-batch norms (every module was reached here).
+        ref = bootstrap_stability(collected[name], "grad_norm_mean", values, sizes, s.selection.budget,
+                                  StabilityConfig(seed=3))
+        assert s.rank_correlation == pytest.approx(ref.rank_correlation)
+        assert s.selection.overlap == pytest.approx(ref.selection_overlap)
+        for m, lo, hi in zip(bp.modules, ref.lower, ref.upper):
+            assert m.stats[name].interval is not None
+            assert (m.stats[name].interval.lower, m.stats[name].interval.upper) == pytest.approx((lo, hi))
+    # One batch: nothing to resample, no stability and no intervals on that domain.
+    assert bp.domain("one").stability is None and all(m.stats["one"].interval is None for m in bp.modules)
+    single = compute_blueprint(tiny_net, {"one": tiny_batches(3, 1)}, tiny_loss, min_examples_per_aggregate=8)
+    assert single.spec_version == "1.0.0" and single.domain("one").stability is None

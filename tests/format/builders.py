@@ -7,6 +7,8 @@ import copy
 import math
 from typing import Any
 
+from blueprint_format._version import required_spec_version
+
 SHARES = (("top_1", 0.01), ("top_5", 0.05), ("top_10", 0.10), ("top_20", 0.20), ("top_50", 0.50))
 DIGEST = "sha256:" + "ab" * 32
 
@@ -205,4 +207,21 @@ def repair(doc: dict[str, Any]) -> dict[str, Any]:
         if "score_quantiles" in ds:
             q = sorted(ds["score_quantiles"].values())
             ds["score_quantiles"] = dict(zip(("p10", "p50", "p90"), q))
+    _repair_stability(doc)
     return doc
+
+
+def _repair_stability(doc: dict[str, Any]) -> None:
+    """SPEC 7.7 and 14: intervals exactly on the domains with a stability, lower <= upper, and a
+    spec_version that defines the members used."""
+    with_stability = {d["name"] for d in doc["domains"] if "stability" in d}
+    for m in doc["modules"]:
+        for name, s in m["stats"].items():
+            if name not in with_stability:
+                s.pop("interval", None)
+                continue
+            bounds = sorted((s.get("interval") or {"lower": 0.0, "upper": s["grad_norm_mean"]}).values())
+            s["interval"] = {"lower": bounds[0], "upper": bounds[1]}
+    needed = int(required_spec_version(doc).split(".")[1])
+    if int(doc["spec_version"].split(".")[1]) < needed:
+        doc["spec_version"] = f"1.{needed}.0"

@@ -27,7 +27,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-SPEC_VERSION = "1.0.0"
+#: The spec version of these vectors (the manifest's); documents declare the lowest version that
+#: defines the members they use (SPEC 1.4): DOC_VERSION unless they use a member added in 1.1.
+SPEC_VERSION = "1.1.0"
+DOC_VERSION = "1.0.0"
 SCHEMA_URI = "https://gradient-blueprints.org/spec/v1/blueprint.schema.json"
 SHARE_POINTS: tuple[tuple[str, float], ...] = (
     ("top_1", 0.01),
@@ -82,6 +85,7 @@ LAYERS: dict[str, str] = {
     "parameter-count-mismatch": "semantic",
     "unsafe-path": "semantic",
     "data-selection-inconsistent": "semantic",
+    "stability-incomplete": "semantic",
 }
 WEIGHT_TOLERANCE = 1e-6
 MAX_SAFE_INTEGER = 2**53 - 1
@@ -168,7 +172,12 @@ def mass_shares(values: list[float]) -> dict[str, float]:
 
 
 def csn_fit(values: list[float]) -> dict[str, float | int]:
-    """SPEC 8.2: continuous power-law MLE, x_min = the candidate with the smallest KS distance.
+    """Continuous power-law MLE with x_min = the candidate with the smallest KS distance, under the
+    rules of SPEC 8.2 as of 1.0.0 (every distinct value a candidate, no exponent range, KS over both
+    steps of the empirical CDF). The vectors' fits are illustrative numbers that validators never
+    recompute; they keep this rule so that the files stay as they are. Under the 1.1 rules their
+    narrow synthetic values (all within a factor of 2) would fit no exponent below 3.
+    spec/compliance/compute checks fitting itself, under the current rules.
 
     Returns alpha (pdf convention) with x_min, the KS distance and the tail count.
     """
@@ -317,7 +326,7 @@ def trainable_fraction(modules: list[Doc]) -> float:
 def skeleton(name: str, *, created: str = "2025-11-03T09:30:00Z", min_examples: int = 64) -> Doc:
     """The members every document needs, with a model, provenance and method."""
     return {
-        "spec_version": SPEC_VERSION,
+        "spec_version": DOC_VERSION,
         "model": {
             "name": name,
             "revision": "2f1c9a7e4b3d",
@@ -997,6 +1006,36 @@ def boundary_doc() -> Doc:
     return doc
 
 
+STABILITY = {
+    "method": "batch-bootstrap",
+    "statistic": "grad_norm_mean",
+    "resamples": 200,
+    "confidence": 0.9,
+    "seed": 7,
+    "rank_correlation": 0.962,
+    "selection": {"budget": 0.1, "overlap": 0.87},
+}
+
+
+def stability_doc() -> Doc:
+    """base_doc() at 1.1.0 with a bootstrap stability on `general` and intervals on every module's
+    general statistics (SPEC 7.7); `biomedical` has none."""
+    doc = base_doc()
+    doc["spec_version"] = "1.1.0"
+    doc["domains"][0]["stability"] = copy.deepcopy(STABILITY)
+    for m in doc["modules"]:
+        s = m["stats"]["general"]
+        s["interval"] = {"lower": sig(s["grad_norm_mean"] * 0.82), "upper": sig(s["grad_norm_mean"] * 1.21)}
+    return doc
+
+
+def newer_minor_stability_doc() -> Doc:
+    doc = stability_doc()
+    doc["spec_version"] = "1.4.0"
+    doc["domains"][0]["stability"]["block_length"] = 4
+    return doc
+
+
 def valid_vectors() -> list[tuple[str, str, Doc, list[dict[str, str]]]]:
     """(stem, description, document, expected warnings)."""
     return [
@@ -1174,6 +1213,21 @@ def valid_vectors() -> list[tuple[str, str, Doc, list[dict[str, str]]]]:
             domain_weights_override_doc(),
             [],
         ),
+        (
+            "stability",
+            "spec_version 1.1.0: a batch-bootstrap stability on domain general (200 resamples, 90% "
+            "intervals, rank correlation, selection overlap at the allocation's budget) and an interval in "
+            "every module's general statistics; biomedical has neither (SPEC 7.7).",
+            stability_doc(),
+            [],
+        ),
+        (
+            "newer-minor-stability-member",
+            "spec_version 1.4.0 with a member unknown to 1.1 inside a stability: the stability is still "
+            "validated, and the member is ignored with an unknown-member warning.",
+            newer_minor_stability_doc(),
+            [{"code": "unknown-member", "path": "/domains/0/stability/block_length"}],
+        ),
     ]
 
 
@@ -1218,6 +1272,32 @@ def _unsafe(path: str) -> bool:
     )
 
 
+def _stability_issues(doc: Doc) -> list[tuple[str, str]]:
+    """SPEC 7.7 and 14: 1.1 members only from 1.1; intervals exactly on domains with a stability."""
+    minor = int(doc["spec_version"].split(".")[1])
+    newer = []
+    if minor < 1:
+        newer += [("unknown-field", f"/domains/{i}/stability") for i, d in enumerate(doc["domains"]) if "stability" in d]
+        newer += [
+            ("unknown-field", f"/modules/{i}/stats/{esc(k)}/interval")
+            for i, m in enumerate(doc["modules"])
+            for k, s in m["stats"].items()
+            if "interval" in s
+        ]
+    if newer:
+        return newer
+    out = []
+    with_stability = {d["name"] for d in doc["domains"] if "stability" in d}
+    for i, m in enumerate(doc["modules"]):
+        for k, s in m["stats"].items():
+            where = f"/modules/{i}/stats/{esc(k)}/interval"
+            if ("interval" in s) != (k in with_stability):
+                out.append(("stability-incomplete", where))
+            elif "interval" in s and s["interval"]["lower"] > s["interval"]["upper"]:
+                out.append(("inconsistent-statistics", where))
+    return out
+
+
 def semantic_issues(doc: Doc) -> list[tuple[str, str]]:
     """(code, path) of every semantic rule the (schema-valid) document breaks."""
     out: list[tuple[str, str]] = []
@@ -1254,6 +1334,7 @@ def semantic_issues(doc: Doc) -> list[tuple[str, str]]:
             out += _shares_issues(ht["mass_shares"], base + "/mass_shares")
         if "element_mass_shares" in d:
             out += _shares_issues(d["element_mass_shares"], f"/domains/{i}/element_mass_shares")
+    out += _stability_issues(doc)
     names: set[str] = set()
     for i, m in enumerate(modules):
         if m["name"] in names:
@@ -2314,7 +2395,52 @@ def invalid_vectors() -> list[Vector]:
         with_fn(whole, half_module),
         layer="semantic",
     )
+    _stability_vectors(base, add, sem)
     return v
+
+
+def _stability_vectors(base: Doc, add: Callable[..., None], sem: Callable[..., None]) -> None:
+    """Invalid vectors of the 1.1 stability members (SPEC 7.7 and 14)."""
+    stab = stability_doc()
+
+    def schema(stem: str, description: str, code: str, path: str, *edits: tuple[str, str, Any]) -> None:
+        add(f"{code}--{stem}", description, [(code, path)], pretty(mutated(stab, *edits)))
+
+    at = "/domains/0/stability"
+    schema("stability-confidence", "A stability whose confidence is 1 (it must lie strictly between 0 and 1).",
+           "out-of-range", f"{at}/confidence", ("set", f"{at}/confidence", 1))
+    schema("stability-resamples", "A stability of 1 resample (at least 2 are needed).", "out-of-range",
+           f"{at}/resamples", ("set", f"{at}/resamples", 1))
+    schema("stability-rank-correlation", "A rank correlation of 1.5.", "out-of-range", f"{at}/rank_correlation",
+           ("set", f"{at}/rank_correlation", 1.5))
+    schema("stability-method", "A stability method that is neither batch-bootstrap nor an x- name.", "bad-enum",
+           f"{at}/method", ("set", f"{at}/method", "jackknife"))
+    schema("stability-statistic", "A stability of mean_grad_norm, which per-unit norms cannot resample.",
+           "bad-enum", f"{at}/statistic", ("set", f"{at}/statistic", "mean_grad_norm"))
+    schema("stability-selection-overlap", "A stability selection without its overlap.", "missing-field",
+           f"{at}/selection/overlap", ("del", f"{at}/selection/overlap", None))
+    schema("interval-upper", "An interval without its upper bound.", "missing-field",
+           "/modules/2/stats/general/interval/upper", ("del", "/modules/2/stats/general/interval/upper", None))
+    schema("interval-lower", "An interval whose lower bound is negative.", "negative-statistic",
+           "/modules/2/stats/general/interval/lower", ("set", "/modules/2/stats/general/interval/lower", -0.01))
+    sem("missing-interval", "valid/stability.json without the interval of one module on the domain with a "
+        "stability.", "stability-incomplete", "/modules/3/stats/general/interval",
+        mutated(stab, ("del", "/modules/3/stats/general/interval", None)))
+    sem("interval-without-stability", "valid/stability.json with an interval on biomedical, which has no "
+        "stability.", "stability-incomplete", "/modules/0/stats/biomedical/interval",
+        mutated(stab, ("set", "/modules/0/stats/biomedical/interval", {"lower": 0.01, "upper": 0.02})))
+    inverted = stab["modules"][1]["stats"]["general"]["interval"]
+    sem("interval-inverted", "An interval whose lower bound exceeds its upper bound.", "inconsistent-statistics",
+        "/modules/1/stats/general/interval",
+        mutated(stab, ("set", "/modules/1/stats/general/interval",
+                       {"lower": inverted["upper"], "upper": inverted["lower"]})))
+    sem("stability-in-1-0-document", "A stability in a 1.0.0 document: the member is defined from 1.1.0, so "
+        "a 1.0 document that uses it is invalid (SPEC 14).", "unknown-field", at,
+        mutated(base, ("set", at, STABILITY)), layer="semantic")
+    sem("interval-in-1-0-document", "An interval in a 1.0.0 document (defined from 1.1.0).", "unknown-field",
+        "/modules/0/stats/general/interval",
+        mutated(base, ("set", "/modules/0/stats/general/interval", {"lower": 0.01, "upper": 0.02})),
+        layer="semantic")
 
 
 def generated_vectors() -> list[Doc]:
