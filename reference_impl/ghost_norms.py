@@ -20,6 +20,10 @@ A_i (T x d) and register a hook on its output that receives G_i (T x p) during t
   example (token positions at `padding_idx` get no gradient in torch and are skipped).
 * LayerNorm: per-example gradients formed directly (sum_t g_t * xhat_t and sum_t g_t): they are
   only as large as the hidden size.
+* RMSNorm (torch.nn.RMSNorm and Hugging Face's *RMSNorm classes such as LlamaRMSNorm, which
+  compute y = w * x / sqrt(mean(x^2) + eps), or (1 + w) * ... as Gemma does: the same gradient
+  in w): sum_t g_t * xhat_t with xhat_t = x_t / sqrt(mean(x_t^2) + eps), normalised in float32
+  and cast back to the input's dtype, as those classes do.
 * A parameter used by several calls (tied input/output embeddings, a layer applied twice): the
   norm of the sum of its contributions, by pairwise Gram inner products.
 
@@ -30,7 +34,7 @@ pass computes the gradients that flow through the model but no parameter gradien
 is reduced to per-example numbers inside its hook and released at once. Hooks sit on the
 module's output (or on the 2-D matmul result a Linear reshapes), so an in-place change of the
 output downstream (`y += x`) does not hide its gradient. Parameters
-of other modules (custom modules, Conv2d, RMSNorm...) fall back to torch.func (vmap over grad
+of other modules (custom modules, Conv2d...) fall back to torch.func (vmap over grad
 of the single-example loss); if that fails they are reported in `unsupported` and left out.
 
 The model is expected in eval mode (dropout off) for deterministic scores; tensors are
@@ -211,7 +215,34 @@ def _kind(module: nn.Module) -> str | None:
         return "embedding"
     if isinstance(module, nn.LayerNorm):
         return "layernorm"
+    if _is_rmsnorm(module):
+        return "rmsnorm"
     return None
+
+
+def _is_rmsnorm(module: nn.Module) -> bool:
+    """torch.nn.RMSNorm, or a Hugging Face-style *RMSNorm: a weight, an epsilon, no bias."""
+    if isinstance(module, nn.RMSNorm):
+        return isinstance(module.weight, nn.Parameter)
+    weight = getattr(module, "weight", None)
+    return (
+        type(module).__name__.endswith("RMSNorm") and isinstance(weight, nn.Parameter) and weight.dim() >= 1
+        and getattr(module, "bias", None) is None
+        and isinstance(getattr(module, "variance_epsilon", getattr(module, "eps", None)), float)
+    )
+
+
+def _rms_normalised(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """x / sqrt(mean(x^2) + eps) over the weight's trailing dimensions, computed in float32 (or
+    float64) and cast back to x's dtype, as RMSNorm layers compute it before scaling."""
+    weight = module.weight
+    assert isinstance(weight, torch.Tensor)
+    dims = tuple(range(-weight.dim(), 0))
+    eps = getattr(module, "variance_epsilon", getattr(module, "eps", None))
+    xf = x.to(torch.float64 if x.dtype == torch.float64 else torch.float32)
+    if eps is None:  # torch.nn.RMSNorm's default
+        eps = torch.finfo(x.dtype).eps
+    return (xf * torch.rsqrt(xf.pow(2).mean(dim=dims, keepdim=True) + eps)).to(x.dtype)
 
 
 def _direct_params(module: nn.Module) -> list[tuple[str, nn.Parameter]]:
@@ -269,7 +300,7 @@ class _Tap(torch.autograd.Function):
     output) while computing no parameter gradient; nothing flows into the anchor, and the forward
     costs no copy (a view). The input, not the output, is tapped: a module's output may be
     modified in place downstream (`y += x`), which autograd forbids on a custom Function's view;
-    Linear and LayerNorm never modify their input."""
+    Linear, LayerNorm and RMSNorm never modify their input."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
@@ -447,6 +478,13 @@ class _Capture:
                 self._add_explicit(module.weight, gw)
             if isinstance(module.bias, nn.Parameter) and id(module.bias) in self.params:
                 self._add_explicit(module.bias, g.sum(dim=flat) if flat else g)
+        elif kind == "rmsnorm":
+            weight = module.weight
+            assert isinstance(weight, nn.Parameter)
+            if id(weight) in self.params:
+                xhat = _rms_normalised(module, x).to(g.dtype)
+                flat = tuple(range(1, g.dim() - weight.dim()))
+                self._add_explicit(weight, (g * xhat).sum(dim=flat) if flat else g * xhat)
 
     def _add_explicit(self, p: torch.Tensor, per_example: torch.Tensor) -> None:
         if self.expected.get(id(p), 1) > 1:

@@ -77,3 +77,60 @@ def test_own_loss_matches_transformers_loss() -> None:
     ours = causal_lm_per_example_loss(model, ex)
     theirs = model(**ex, labels=ex["input_ids"]).loss
     torch.testing.assert_close(ours[0], theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_llama_rmsnorm_tied_matches_loop() -> None:
+    """A Llama causal LM (SmolLM2's architecture): every RMSNorm weight gets a ghost norm (none is
+    left out), equal to the per-example loop on padded batches, with tied embeddings."""
+    torch.manual_seed(3)
+    config = transformers.LlamaConfig(
+        vocab_size=40, hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, max_position_embeddings=32, tie_word_embeddings=True, pad_token_id=0,
+    )
+    model = transformers.LlamaForCausalLM(config).eval()
+    with torch.no_grad():  # RMSNorm weights start at 1: make them differ, so a wrong xhat shows
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.mul_(1 + 0.5 * torch.rand_like(p))
+    batch = _padded([7, 3, 5, 6], 40, 0, 4)
+    rows = module_params(model)
+    res = per_example_grad_norms(model, batch, causal_lm_per_example_loss, rows)
+    assert not res.unsupported
+    methods = dict(zip(res.modules, res.methods))
+    assert methods["model.norm"] == methods["model.layers.0.input_layernorm"] == "direct"
+    expected = naive_sq_norms(model, split_unpadded(batch), causal_lm_per_example_loss, rows)
+    torch.testing.assert_close(res.sq_norms.double(), expected, rtol=1e-4, atol=1e-8)
+
+
+def test_torch_rmsnorm_float64() -> None:
+    """torch.nn.RMSNorm (with and without its own eps) against the loop, in float64."""
+    torch.manual_seed(4)
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = torch.nn.Embedding(20, 6)
+            self.norm = torch.nn.RMSNorm(6)
+            self.norm2 = torch.nn.RMSNorm([4, 6], eps=1e-3)
+            self.head = torch.nn.Linear(6, 3)
+
+        def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+            h = self.norm(self.emb(input_ids))
+            h = self.norm2(h.reshape(h.shape[0], -1, 4, 6)).reshape(h.shape)
+            return self.head(h).mean(1)
+
+    model = Net().double().eval()
+    with torch.no_grad():
+        model.norm.weight.uniform_(0.5, 1.5)
+        model.norm2.weight.uniform_(0.5, 1.5)
+
+    def loss(m: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(m(batch["input_ids"]), batch["labels"], reduction="none")
+
+    g = torch.Generator().manual_seed(5)
+    batch = {"input_ids": torch.randint(0, 20, (5, 8), generator=g), "labels": torch.randint(0, 3, (5,), generator=g)}
+    rows = module_params(model)
+    res = per_example_grad_norms(model, batch, loss, rows, fallback=False)
+    assert not res.unsupported
+    examples = [{k: v[i : i + 1] for k, v in batch.items()} for i in range(5)]
+    torch.testing.assert_close(res.sq_norms.double(), naive_sq_norms(model, examples, loss, rows), rtol=1e-9, atol=1e-14)
