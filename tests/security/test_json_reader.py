@@ -12,6 +12,7 @@ import pytest
 
 import blueprint_format as bf
 from blueprint_format import BlueprintError, validate
+from blueprint_format._version import SUPPORTED_MINOR
 from blueprint_format.jsonio import canonical_bytes, count_values
 from blueprint_format.limits import MAX_CONTAINERS, MAX_DOCUMENT_BYTES, MAX_VALUES
 from tests.format.builders import make_doc
@@ -121,7 +122,7 @@ def test_text_is_measured_in_utf8_bytes() -> None:
 
 
 def _newer(doc: dict[str, Any]) -> dict[str, Any]:
-    doc["spec_version"] = "1.1.0"
+    doc["spec_version"] = f"1.{SUPPORTED_MINOR + 1}.0"  # a minor this reader does not know
     doc["future"] = {"a": [1, 2]}
     doc["modules"][0]["future_stat"] = 0.5
     doc["allocation"]["rule"]["parameters"]["future_parameter"] = 3
