@@ -65,6 +65,11 @@ ERROR_CODES: dict[str, ErrorCode] = _table(
     # Semantic rules beyond the schema.
     ("duplicate-module", "semantic", "Two modules have the same name."),
     ("duplicate-domain", "semantic", "Two domains have the same name."),
+    (
+        "overlapping-modules",
+        "semantic",
+        "One module's name is a dotted prefix of another's (e.g. `a` and `a.b`), so their tensors overlap.",
+    ),
     ("unknown-domain", "semantic", "A reference names a domain that `domains` does not declare."),
     ("missing-domain-stats", "semantic", "A module lacks statistics for a declared domain."),
     ("rank-not-permutation", "semantic", "Ranks within a domain (or combined) are not 1..N."),

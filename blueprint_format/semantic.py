@@ -22,6 +22,24 @@ WEIGHT_ATOL = 1e-6
 FRACTION_ATOL = 1e-9
 
 
+def _overlapping_modules(bp: Blueprint, names: set[str]) -> Iterable[Issue]:
+    """SPEC 3.6: modules are disjoint, so no module name is another's followed by `.` (a module
+    matches every tensor under its dotted prefix). Reported at the inner module; linear in the
+    total length of the names."""
+    for i, m in enumerate(bp.modules):
+        cut = m.name.rfind(".")
+        while cut > 0:
+            outer = m.name[:cut]
+            if outer in names:
+                yield make_error(
+                    "overlapping-modules",
+                    f"module {m.name!r} lies inside module {outer!r}: their tensors overlap (SPEC 3.6)",
+                    f"/modules/{i}/name",
+                )
+                break
+            cut = m.name.rfind(".", 0, cut)
+
+
 def check_names(bp: Blueprint) -> Iterable[Issue]:
     """Module and domain names are unique; every domain reference resolves."""
     seen: set[str] = set()
@@ -29,6 +47,7 @@ def check_names(bp: Blueprint) -> Iterable[Issue]:
         if m.name in seen:
             yield make_error("duplicate-module", f"module {m.name!r} is listed twice", f"/modules/{i}/name")
         seen.add(m.name)
+    yield from _overlapping_modules(bp, seen)
     domains: set[str] = set()
     for i, d in enumerate(bp.domains):
         if d.name in domains:

@@ -70,6 +70,7 @@ LAYERS: dict[str, str] = {
     "bad-extension-name": "schema",
     "schema-violation": "schema",
     "duplicate-module": "semantic",
+    "overlapping-modules": "semantic",
     "duplicate-domain": "semantic",
     "unknown-domain": "semantic",
     "missing-domain-stats": "semantic",
@@ -1340,6 +1341,12 @@ def semantic_issues(doc: Doc) -> list[tuple[str, str]]:
         if m["name"] in names:
             out.append(("duplicate-module", f"/modules/{i}/name"))
         names.add(m["name"])
+    all_names = {m["name"] for m in modules}
+    for i, m in enumerate(modules):
+        # SPEC 3.6: disjoint modules; a name inside another module's dotted prefix overlaps it.
+        if any(m["name"].startswith(other + ".") for other in all_names):
+            out.append(("overlapping-modules", f"/modules/{i}/name"))
+    for i, m in enumerate(modules):
         for key in m["stats"]:
             if key not in declared:
                 out.append(("unknown-domain", f"/modules/{i}/stats/{esc(key)}"))
@@ -2090,6 +2097,21 @@ def invalid_vectors() -> list[Vector]:
         "duplicate-module",
         "/modules/2/name",
         mutated(base, ("set", "/modules/2/name", "attn.0")),
+    )
+
+    sem(
+        "nested-name",
+        "Module attn.1 renamed attn.0.q: it lies inside module attn.0, so their tensors overlap.",
+        "overlapping-modules",
+        "/modules/2/name",
+        mutated(base, ("set", "/modules/2/name", "attn.0.q")),
+    )
+    sem(
+        "inner-listed-first",
+        "Module attn.0 renamed ffn.2.out: it lies inside module ffn.2, listed after it.",
+        "overlapping-modules",
+        "/modules/0/name",
+        mutated(base, ("set", "/modules/0/name", "ffn.2.out")),
     )
 
     def dup_domain(doc: Doc) -> None:
