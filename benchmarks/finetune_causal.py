@@ -28,7 +28,8 @@ Two phases, each arm in its own process with one torch thread (CPU), arms interl
 Run (CPU, alone on the machine): `HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/finetune_causal.py --phase cost`
 (about 15-25 minutes at one thread), `--phase quality` (long on CPU: steps x arms x grid; see
 --help); on a CUDA machine add `--device cuda` (bf16 autocast). `--tiny` is a smoke run of a few
-seconds per arm on a slice of the data. Results: benchmarks/results/finetune_causal{,_tiny}.{md,json,png}.
+seconds per arm on a slice of the data (results under benchmarks/output/). Results:
+benchmarks/results/finetune_causal{,_cuda}.{md,json,png}.
 """
 
 from __future__ import annotations
@@ -118,12 +119,12 @@ def prepare(tiny: bool) -> dict[str, str]:
         paths[name] = str(p)
     bp = out / "blueprint.json"
     if not bp.exists():
-        _compute_blueprint(folder, Path(paths["train"]), bp, max_batches=2 if tiny else 16)
+        _compute_blueprint(folder, Path(paths["train"]), bp, 2 if tiny else 16, (2, 32) if tiny else (BATCH, SEQ_LEN))
     paths["blueprint"] = str(bp)
     return paths
 
 
-def _compute_blueprint(folder: Path, train: Path, out: Path, max_batches: int) -> None:
+def _compute_blueprint(folder: Path, train: Path, out: Path, max_batches: int, shape: tuple[int, int]) -> None:
     """The publisher's side: an element-granularity blueprint with an element score sidecar."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -135,12 +136,13 @@ def _compute_blueprint(folder: Path, train: Path, out: Path, max_batches: int) -
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(folder)
-    batches = causal_lm_batches(read_examples(train), tok, BATCH, SEQ_LEN).batches[:max_batches]
+    batch, seq_len = shape
+    batches = causal_lm_batches(read_examples(train), tok, batch, seq_len).batches[:max_batches]
     t0 = time.perf_counter()
     bp = compute_blueprint(
         model, {"chatterbot": batches}, model_path=folder, model_name="HuggingFaceTB/SmolLM2-135M-Instruct",
-        device="cpu", granularity="element", min_examples_per_aggregate=min(32, BATCH * len(batches)),
-        batch_size=BATCH, seq_len=SEQ_LEN, sidecar=out.with_suffix(".scores.safetensors"),
+        device="cpu", granularity="element", min_examples_per_aggregate=min(32, batch * len(batches)),
+        batch_size=batch, seq_len=seq_len, sidecar=out.with_suffix(".scores.safetensors"),
         sidecar_granularity="element",
     )
     dump(bp, out)
@@ -232,7 +234,7 @@ def run_cost(spec: dict[str, Any]) -> dict[str, Any]:
 
     dev = torch.device(spec["device"])
     model, tok, bp = _load(spec)
-    batches = causal_lm_batches(read_examples(spec["train"]), tok, BATCH, SEQ_LEN).batches
+    batches = causal_lm_batches(read_examples(spec["train"]), tok, spec["batch"], spec["seq_len"]).batches
     model.to(dev)
     _touch(model)
     baseline = int(torch.cuda.memory_allocated()) if dev.type == "cuda" else current_rss_bytes()
@@ -296,8 +298,8 @@ def run_quality(spec: dict[str, Any]) -> dict[str, Any]:
     from reference_impl.finetune import FinetuneConfig, train
 
     model, tok, bp = _load(spec)
-    train_b = causal_lm_batches(read_examples(spec["train"]), tok, BATCH, SEQ_LEN).batches
-    eval_b = causal_lm_batches(read_examples(spec["split_path"]), tok, BATCH, SEQ_LEN).batches
+    train_b = causal_lm_batches(read_examples(spec["train"]), tok, spec["batch"], spec["seq_len"]).batches
+    eval_b = causal_lm_batches(read_examples(spec["split_path"]), tok, spec["batch"], spec["seq_len"]).batches
     model, params, handle = _attach(model, bp, spec)
     cfg = FinetuneConfig(max_steps=int(spec["steps"]), lr=float(spec["lr"]), seed=int(spec.get("seed", 0)),
                          device=spec["device"], dtype=spec["dtype"], eval_every=int(spec["steps"]), progress=False)
@@ -371,17 +373,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=200, help="training steps per quality run")
     ap.add_argument("--lr-grid", default=",".join(f"{x:g}" for x in LR_GRID))
     ap.add_argument("--arms", default=None, help="comma-separated arm names (default: all of the phase)")
-    ap.add_argument("--tiny", action="store_true", help="smoke run: a slice of the data, 2 steps, one round")
+    ap.add_argument("--batch", type=int, default=None, help=f"examples per batch (default {BATCH}; --tiny: 2)")
+    ap.add_argument("--seq-len", type=int, default=None, help=f"tokens per example (default {SEQ_LEN}; --tiny: 32)")
+    ap.add_argument("--tiny", action="store_true",
+                    help="smoke run: a slice of the data, batch 2 x seq 32, 2 steps, one round, one learning rate")
     args = ap.parse_args(argv)
     if args.arm:
         return _arm_main(json.loads(args.arm))
     if args.tiny:
         args.rounds, args.timing_steps, args.steps, args.lr_grid = 1, 1, 2, "1e-4"
+    args.batch = args.batch or (2 if args.tiny else BATCH)
+    args.seq_len = args.seq_len or (32 if args.tiny else SEQ_LEN)
     t0 = time.perf_counter()
     paths = prepare(args.tiny)
     dtype = "bf16-autocast" if args.device == "cuda" else "fp32"
     base = {**paths, "device": args.device, "dtype": dtype, "threads": args.threads,
-            "timing_steps": args.timing_steps, "steps": args.steps}
+            "timing_steps": args.timing_steps, "steps": args.steps, "batch": args.batch, "seq_len": args.seq_len}
     chosen = args.arms.split(",") if args.arms else None
     if chosen is None or "LoRA (element ranks)" in chosen:
         base["selection"] = lora_selection(paths)
@@ -425,7 +432,7 @@ def write_report(results: list[dict[str, Any]], args: Any, elapsed: float, name:
     cuda = args.device == "cuda"
     mem = "max_memory_allocated" if cuda else "peak RSS"
     lines = [
-        f"SmolLM2-135M causal LM on chatterbot-corpus English (packed, batch {BATCH} x seq {SEQ_LEN}), "
+        f"SmolLM2-135M causal LM on chatterbot-corpus English (packed, batch {args.batch} x seq {args.seq_len}), "
         f"device {args.device}{' (bf16 autocast)' if cuda else f', {args.threads} torch thread(s) per arm'}; "
         f"k = {K}; {elapsed / 60:.1f} min.",
         "",
@@ -453,13 +460,14 @@ def write_report(results: list[dict[str, Any]], args: Any, elapsed: float, name:
             lines.append(f"| {r['name']} | {r['lr']:g} | {r['eval_loss']:.4f} | {ratio} | {r['perplexity']:.2f} | "
                          f"{r['initial_eval_loss']:.4f} |")
     table = "\n".join(lines)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.md").write_text(table + "\n", encoding="utf-8")
+    dest = OUT / "tiny" if args.tiny else RESULTS  # smoke runs stay out of the quoted results
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / f"{name}.md").write_text(table + "\n", encoding="utf-8")
     keep = [{k: v for k, v in r.items() if k != "selection"} for r in results]
-    (RESULTS / f"{name}.json").write_text(json.dumps({"args": vars(args), "results": keep}, indent=2) + "\n",
-                                          encoding="utf-8")
+    (dest / f"{name}.json").write_text(json.dumps({"args": vars(args), "results": keep}, indent=2) + "\n",
+                                       encoding="utf-8")
     if cost and full is not None:
-        _plot(cost, full, RESULTS / f"{name}.png", mem)
+        _plot(cost, full, dest / f"{name}.png", mem)
     return table
 
 

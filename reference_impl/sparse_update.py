@@ -7,7 +7,8 @@ the current values of those entries (one per selected element, or one row per se
 every optimizer state (AdamW's exp_avg and exp_avg_sq) have the size of the selection, not of W,
 as in SIFT. After each optimizer step the new values are written into W in place, under no_grad
 (by a global optimizer step hook, and again before any forward that finds them changed): no
-full-size copy of W is ever made. Entries outside the selection are never written, so they stay
+full-size copy of W is ever made (values changed in any other way, e.g. by writing to
+`values.data`, reach W at `sync()`). Entries outside the selection are never written, so they stay
 bit-identical; AdamW on `values` is AdamW on the selected entries of W, weight decay included,
 unlike a dense 0/1 gradient mask that would still decay the "frozen" ones.
 
@@ -133,9 +134,11 @@ class SparseSelection(nn.Module):
         return rows / int(self.shape[0]) if self.shape[0] else 0.0
 
     @torch.no_grad()
-    def sync(self) -> bool:
-        """Write the values into the weight if they changed since the last write; True if written."""
-        if self.values._version == self._synced:
+    def sync(self, force: bool = False) -> bool:
+        """Write the values into the weight if they changed since the last write (or always, with
+        `force`); True if written. Changes are seen through the values' version counter, which
+        fused optimizer kernels do not advance: the optimizer step hook therefore forces the write."""
+        if not force and self.values._version == self._synced:
             return False
         w = self.weight
         v = self.values.detach().to(w.dtype)
@@ -206,10 +209,17 @@ class SparseEngine:
     _owners: list[tuple[nn.Module, str]] = field(default_factory=list)
     _hook: Any = None
 
-    def sync(self) -> None:
-        """Write every changed selection into its weight."""
+    def sync(self, force: bool = False) -> None:
+        """Write every changed selection (every one, with `force`) into its weight."""
         for sel in self.selections.values():
-            sel.sync()
+            sel.sync(force)
+
+    def after_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Write the selections whose values `optimizer` holds (called after each of its steps)."""
+        held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        for sel in self.selections.values():
+            if id(sel.values) in held:
+                sel.sync(force=True)
 
     def module_fraction(self, module: nn.Module) -> float | None:
         """Share of `module`'s weight gradient that backward forms (None: not patched)."""
@@ -291,10 +301,10 @@ def attach_sparse(model: nn.Module, targets: Iterable[tuple[str, torch.Tensor, s
         engine.patches.append(patch)
     ref = weakref.ref(engine)
 
-    def after_step(*_: Any) -> None:
+    def after_step(optimizer: torch.optim.Optimizer, *_: Any) -> None:
         live = ref()
         if live is not None:
-            live.sync()
+            live.after_step(optimizer)
 
     engine._hook = register_optimizer_step_post_hook(after_step)
     return engine

@@ -168,7 +168,8 @@ def test_shira_mask_from_scores() -> None:
 
 
 @pytest.mark.slow
-def test_trainer_callback_meters_and_trains_only_the_selection(tmp_path: Path) -> None:
+@pytest.mark.parametrize("granularity", ["module", "element"])
+def test_trainer_callback_meters_and_trains_only_the_selection(tmp_path: Path, granularity: str) -> None:
     from transformers import TrainingArguments
 
     from reference_impl.compute import compute_blueprint
@@ -182,8 +183,9 @@ def test_trainer_callback_meters_and_trains_only_the_selection(tmp_path: Path) -
                              eval_strategy="steps", eval_steps=2, logging_steps=2, report_to=[], save_strategy="no",
                              learning_rate=1e-2, use_cpu=True)
     frozen_before = {n: p.clone() for n, p in model.named_parameters()}
+    extra = {"local_batches": bert_batches(1, 2)} if granularity == "element" else {}
     trainer = blueprint_trainer(
-        model, bp, {"budget": 0.3, "granularity": "module"}, metric="eval_loss",
+        model, bp, {"budget": 0.3, "granularity": granularity, **extra}, metric="eval_loss",
         stopping=StoppingRule(eta=-1e30), args=args, train_dataset=rows, eval_dataset=rows[:8],
     )
     trainer.train()
@@ -192,8 +194,14 @@ def test_trainer_callback_meters_and_trains_only_the_selection(tmp_path: Path) -
     assert meter.points[-1].gamma["flops_weight_grad"] > 0
     assert meter.points[-1].gamma["trainable_state_bytes"] > 0
     opt = trainer.optimizer
+    handle = trainer.blueprint_handle
     opt_params = {id(p) for g in opt.param_groups for p in g["params"]}
-    assert opt_params <= {id(p) for p in trainer.blueprint_handle.parameters()}
+    assert opt_params == {id(p) for p in handle.parameters()}  # the Trainer found the sparse values too
+    masks = {e.param_name: e.selection.mask() for e in handle.sparse}
+    assert bool(masks) == (granularity == "element")
     for n, p in model.named_parameters():
-        if not p.requires_grad:
+        if n in masks:  # trained in place: the selected entries moved, the others did not
+            assert torch.equal(p[~masks[n]], frozen_before[n][~masks[n]]), n
+            assert not torch.equal(p[masks[n]], frozen_before[n][masks[n]]), n
+        elif not p.requires_grad and n in frozen_before:
             assert torch.equal(p, frozen_before[n]), n

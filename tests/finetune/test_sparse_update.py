@@ -190,6 +190,24 @@ def test_weights_are_written_after_each_step_and_gradients_accumulate() -> None:
     torch.testing.assert_close(model.up.weight.detach().reshape(-1)[sel.indices.long()], sel.values.detach())
 
 
+@pytest.mark.parametrize("make", [
+    lambda ps: torch.optim.AdamW(ps, lr=1e-2, foreach=False),
+    lambda ps: torch.optim.AdamW(ps, lr=1e-2, foreach=True),
+    lambda ps: torch.optim.AdamW(ps, lr=1e-2, fused=True),  # fused kernels do not advance version counters
+], ids=["for-loop", "foreach", "fused"])
+def test_every_optimizer_implementation_reaches_the_weights(make: Callable[[list[nn.Parameter]], Any]) -> None:
+    model = tiny_lm()
+    engine = attach_sparse(model, random_targets(model, "element", 0.3))
+    opt = make([s.values for s in engine.selections.values()])
+    for batch in lm_batches(2, 2):
+        lm_loss(model, batch).backward()
+        opt.step()
+        opt.zero_grad()
+        for sel in engine.selections.values():
+            got = sel.weight.detach().reshape(-1).index_select(0, sel.indices.long())
+            assert torch.equal(got, sel.values.detach())
+
+
 def test_remove_leaves_a_plain_model() -> None:
     model = tiny_lm()
     keys = sorted(model.state_dict())
