@@ -186,17 +186,9 @@ def _loads_text(text: str, raw_surrogates: bool) -> Any:
 
 def _parse(text: str, raw_surrogates: bool) -> Any:
     try:
-        value = json.loads(text, object_pairs_hook=_pairs_hook, parse_constant=_parse_constant)
-    except json.JSONDecodeError as exc:
-        raise BlueprintParseError(
-            make_error("parse-error", exc.msg, line=exc.lineno, column=exc.colno)
-        ) from None
-    except RecursionError:
-        # The C scanner guards its recursion (about 1000 levels): pathological nesting ends here,
-        # in bounded time and memory; nesting between MAX_DEPTH and that is caught by _check_tree.
-        raise _error("too-deep", f"nesting exceeds the maximum depth of {MAX_DEPTH}") from None
+        value = _decode_json(text, located=False)
     except ValueError:  # an integer literal with more digits than Python converts (> 4300)
-        value = _parse_located(text)
+        value = _decode_json(text, located=True)
     surrogates = raw_surrogates or _SURROGATE_ESCAPE.search(text) is not None
     return _check_tree(value, surrogates)
 
@@ -207,9 +199,27 @@ def _parse_int(literal: str) -> int | _NonFinite:
     return _NonFinite(literal) if len(literal.lstrip("-")) > 309 else int(literal)
 
 
-def _parse_located(text: str) -> Any:
-    """Parse again, with over-long integer literals as placeholders the tree check locates."""
-    return json.loads(text, object_pairs_hook=_pairs_hook, parse_constant=_parse_constant, parse_int=_parse_int)
+def _decode_json(text: str, *, located: bool) -> Any:
+    """json.loads with the reader's hooks; malformed text is parse-error, runaway nesting too-deep.
+
+    Without `located`, an over-long integer literal raises ValueError (Python's conversion limit);
+    with it, such literals become placeholders that the tree check reports at their place.
+    """
+    try:
+        return json.loads(
+            text,
+            object_pairs_hook=_pairs_hook,
+            parse_constant=_parse_constant,
+            parse_int=_parse_int if located else None,
+        )
+    except json.JSONDecodeError as exc:
+        raise BlueprintParseError(
+            make_error("parse-error", exc.msg, line=exc.lineno, column=exc.colno)
+        ) from None
+    except RecursionError:
+        # The C scanner guards its recursion (about 1000 levels): pathological nesting ends here,
+        # in bounded time and memory; nesting between MAX_DEPTH and that is caught by _check_tree.
+        raise _error("too-deep", f"nesting exceeds the maximum depth of {MAX_DEPTH}") from None
 
 
 def check_values(doc: Any) -> None:

@@ -140,6 +140,7 @@ def _walk(value: Any, plan: _Plan, pointer: str, found: Findings) -> None:
                     break
                 _walk(child, plan.item, f"{pointer}/{escape(key)}", found)
     elif plan.kind == "union" and isinstance(value, dict):
-        chosen = dict(plan.branches).get(value.get("name"))  # type: ignore[arg-type]
+        name = value.get("name")
+        chosen = dict(plan.branches).get(name) if isinstance(name, str) else None
         if chosen is not None:
             _walk(value, _Plan("model", model=chosen), pointer, found)

@@ -159,18 +159,26 @@ def read_safetensors_header(path: str | Path, *, check_offsets: bool = True) -> 
 
 
 class _Repeated(dict[str, Any]):
-    """A parsed object in which some member names occurred more than once (the last one kept)."""
+    """A parsed object in which some member names occurred more than once: the last value is
+    kept (as in the library's maps), the earlier ones are in `dropped`, since the library still
+    checks each of them against its type before the next one replaces it."""
 
     repeated: set[str]
+    dropped: list[tuple[str, Any]]
 
 
 def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     obj = dict(pairs)
     if len(obj) == len(pairs):
         return obj
-    seen: set[str] = set()
     marked = _Repeated(obj)
-    marked.repeated = {k for k, _ in pairs if k in seen or seen.add(k)}  # type: ignore[func-returns-value]
+    marked.repeated = set()
+    marked.dropped = []
+    last = {k: i for i, (k, _) in enumerate(pairs)}
+    for i, (key, value) in enumerate(pairs):
+        if last[key] != i:
+            marked.repeated.add(key)
+            marked.dropped.append((key, value))
     return marked
 
 
@@ -215,7 +223,7 @@ def parse_header(raw: bytes, where: Path | str = "header") -> dict[str, Any]:
         raise _bad(where, "header is not a JSON object", 8)
     if isinstance(header, _Repeated) and "__metadata__" in header.repeated:
         raise _bad(where, "header has the member __metadata__ twice", 8)
-    return dict(header)
+    return header
 
 
 def _walk(root: Any) -> Iterator[tuple[Any, int]]:
@@ -229,6 +237,8 @@ def _walk(root: Any) -> Iterator[tuple[Any, int]]:
         if isinstance(node, dict):
             stack.extend((key, depth + 1) for key in node)
             stack.extend((child, depth + 1) for child in node.values())
+            # values a repeated name replaced were parsed (and judged) by the library all the same
+            stack.extend((child, depth + 1) for _, child in _dropped(node))
         elif isinstance(node, list):
             stack.extend((child, depth + 1) for child in node)
 
@@ -255,8 +265,11 @@ def _entries(header: dict[str, Any], p: Path) -> tuple[dict[str, str], list[Tens
     metadata = header.get("__metadata__")
     if metadata is None:
         metadata = {}
-    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+    values = list(metadata.values()) + [v for _, v in _dropped(metadata)] if isinstance(metadata, dict) else []
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in values):
         raise _bad(p, "__metadata__ must map strings to strings", 8)
+    for name, entry in _dropped(header):  # replaced by a later entry of the same name, still typed
+        _tensor_fields(p, name, entry)
     tensors: list[TensorInfo] = []
     spans: list[tuple[int, int, str]] = []
     for name, entry in header.items():
@@ -267,11 +280,25 @@ def _entries(header: dict[str, Any], p: Path) -> tuple[dict[str, str], list[Tens
     return dict(metadata), tensors, spans
 
 
+def _dropped(obj: dict[str, Any]) -> list[tuple[str, Any]]:
+    return obj.dropped if isinstance(obj, _Repeated) else []
+
+
 def _usize(value: Any) -> bool:
     return type(value) is int and 0 <= value <= USIZE_MAX
 
 
 def _tensor_entry(p: Path, name: str, entry: Any) -> tuple[TensorInfo, int, int]:
+    """A tensor entry whose types are right and whose offsets span what its shape and dtype need."""
+    dtype, shape, begin, end = _tensor_fields(p, name, entry)
+    nbytes = _byte_size(p, name, dtype, shape)
+    if end < begin or end - begin != nbytes:
+        raise _bad(p, f"tensor {name!a}: data_offsets span {end - begin} bytes, shape and dtype need {nbytes}")
+    return TensorInfo(name=name, dtype=dtype, shape=tuple(shape)), begin, end
+
+
+def _tensor_fields(p: Path, name: str, entry: Any) -> tuple[str, list[int], int, int]:
+    """The dtype, shape and offsets of a tensor entry, with the types the library's struct has."""
     if not isinstance(entry, dict):
         raise _bad(p, f"tensor {name!a}: entry is not an object")
     if isinstance(entry, _Repeated) and entry.repeated & set(TENSOR_FIELDS):
@@ -286,11 +313,7 @@ def _tensor_entry(p: Path, name: str, entry: Any) -> tuple[TensorInfo, int, int]
         raise _bad(p, f"tensor {name!a}: shape must be a list of unsigned 64-bit integers")
     if not isinstance(offsets, list) or len(offsets) != 2 or not all(_usize(o) for o in offsets):
         raise _bad(p, f"tensor {name!a}: data_offsets must be [begin, end], unsigned 64-bit integers")
-    nbytes = _byte_size(p, name, dtype, shape)
-    begin, end = offsets
-    if end < begin or end - begin != nbytes:
-        raise _bad(p, f"tensor {name!a}: data_offsets span {end - begin} bytes, shape and dtype need {nbytes}")
-    return TensorInfo(name=name, dtype=dtype, shape=tuple(shape)), begin, end
+    return dtype, shape, offsets[0], offsets[1]
 
 
 def _byte_size(p: Path, name: str, dtype: str, shape: list[int]) -> int:

@@ -102,6 +102,16 @@ HEADERS = {
         '{"t":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"u":{"dtype":"F32","shape":[0],"data_offsets":[8,8]}}',
         b"\0" * 4,
     ),
+    "replaced-entry-with-a-repeated-field": (
+        '{"t":{"dtype":"F32","shape":[0],"data_offsets":[0,0],"dtype":"F32"},' + T + "}",
+        b"\0" * 4,
+    ),
+    "replaced-entry-with-wrong-sizes": ('{"t":{"dtype":"F32","shape":[9],"data_offsets":[0,0]},' + T + "}", b"\0" * 4),
+    "replaced-entry-with-a-huge-number": (
+        '{"t":{"dtype":"F32","shape":[1],"data_offsets":[0,4],"x":1e400},' + T + "}",
+        b"\0" * 4,
+    ),
+    "replaced-metadata-value-not-a-string": ('{"__metadata__":{"a":1,"a":"b"},' + T + "}", b"\0" * 4),
     "control-character": ('{"__metadata__":{"a":"x\ty"},' + T + "}", b"\0" * 4),
     "empty-name": ('{"":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}', b"\0" * 4),
 }
@@ -257,3 +267,32 @@ def test_a_card_file_linking_out_of_the_folder_is_refused(tmp_path: Path) -> Non
         assert run.returncode == 1, (target, run.stdout, run.stderr)
         one_line_error(run, "unsafe-path")
     assert outside.exists()
+
+
+# --- model cards: what the YAML reader never does, and its size limits -------------------------------
+
+
+def test_yaml_tags_never_run_code(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    card = tmp_path / "README.md"
+    card.write_text(f'---\nx: !!python/object/apply:os.system ["touch {marker}"]\n---\n# Model\n')
+    run = run_cli("extract", str(card))
+    assert run.returncode == 1
+    one_line_error(run, "bad-container")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"---\n" + b"k: " + b"v" * (1024 * 1024 + 1) + b"\n---\n# Model\n",  # front matter over 1 MiB
+        b"---\ntitle: caf\xe9\n---\n# Model\n",  # not UTF-8
+    ],
+    ids=["front-matter-over-1-MiB", "not-utf8"],
+)
+def test_card_limits(tmp_path: Path, content: bytes) -> None:
+    card = tmp_path / "README.md"
+    card.write_bytes(content)
+    run = run_cli("extract", str(card))
+    assert run.returncode == 1
+    one_line_error(run, "bad-container")

@@ -102,6 +102,9 @@ def test_huge_version_numbers_get_a_version_code(tmp_path: Path, version: str, c
 def test_huge_integers_are_located() -> None:
     text = _with_extension("[1, " + "7" * 4301 + "]")
     assert _codes(text) == [("non-finite-number", "/extensions/x-a/1")]
+    # A 5000-digit literal in text that is malformed further on: the malformation is reported
+    # (found by the fuzz suite: the second, locating parse raised JSONDecodeError uncaught).
+    assert [c for c, _ in _codes(_with_extension("[" + "7" * 5000 + "] }"))] == ["parse-error"]
     # Below Python's limit but beyond a double: the same code, at the same place.
     assert _codes(_with_extension("[1, " + "7" * 400 + "]")) == [("non-finite-number", "/extensions/x-a/1")]
 
