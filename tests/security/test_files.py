@@ -23,7 +23,7 @@ import pytest
 from blueprint_format import dump
 from tests.converters.converter_blueprints import blueprint_for_tensors
 from tests.converters.helpers import write_safetensors
-from tests.security.helpers import ROOT, one_line_error, run_cli
+from tests.security.helpers import ROOT, one_line_error, run_batch
 
 MINIMAL = ROOT / "spec" / "compliance" / "valid" / "minimal.json"
 
@@ -47,37 +47,34 @@ def _fifo(path: Path) -> Path:
 # --- item 9: readers refuse FIFOs before opening them -------------------------------------------
 
 
-@pytest.mark.parametrize("command", ["validate", "show", "digest", "extract", "strip"])
-def test_a_fifo_is_refused_without_blocking(tmp_path: Path, command: str) -> None:
+def test_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
     fifo = _fifo(tmp_path / "blueprint.json")
-    run = run_cli(command, str(fifo), timeout=60)  # a reader that opens the FIFO would block here
-    assert run.returncode == 2, (run.stdout, run.stderr)
-    one_line_error(run, "not-a-regular-file")
+    # A reader that opens the FIFO would block here, and the batch would time out.
+    runs = run_batch(*([command, str(fifo)] for command in ("validate", "show", "digest", "extract", "strip")))
+    for run in runs:
+        assert run.returncode == 2, (run.stdout, run.stderr)
+        one_line_error(run, "not-a-regular-file")
 
 
 def test_fifos_in_other_places_are_refused(tmp_path: Path, model: tuple[Path, Path]) -> None:
     st, bp_file = model
     fifo = _fifo(tmp_path / "weights.safetensors")
-    for args in (
-        ("validate", str(bp_file), "--against", str(fifo)),
-        ("embed", str(fifo), str(st)),
-        ("extract", str(_fifo(tmp_path / "unknown-suffix"))),
-    ):
-        run = run_cli(*args, timeout=60)
-        assert run.returncode == 2, (args, run.stdout, run.stderr)
+    folders = []
+    for name in ("blueprint.json", "README.md"):  # inside a model folder: refused, not skipped
+        folder = tmp_path / name.replace(".", "-")
+        folder.mkdir()
+        shutil.copy(st, folder / "model.safetensors")
+        _fifo(folder / name)
+        folders.append(folder)
+    runs = run_batch(
+        ["validate", str(bp_file), "--against", str(fifo)],
+        ["embed", str(fifo), str(st)],
+        ["extract", str(_fifo(tmp_path / "unknown-suffix"))],
+        *(["extract", str(folder)] for folder in folders),
+    )
+    for run in runs:
+        assert run.returncode == 2, (run.stdout, run.stderr)
         one_line_error(run, "not-a-regular-file")
-
-
-@pytest.mark.parametrize("name", ["blueprint.json", "README.md"])
-def test_a_fifo_inside_a_model_folder_is_refused(tmp_path: Path, model: tuple[Path, Path], name: str) -> None:
-    st, _ = model
-    folder = tmp_path / "folder"
-    folder.mkdir()
-    shutil.copy(st, folder / "model.safetensors")
-    _fifo(folder / name)
-    run = run_cli("extract", str(folder), timeout=60)
-    assert run.returncode == 2, (run.stdout, run.stderr)
-    one_line_error(run, "not-a-regular-file")
 
 
 # --- item 2: writers never replace what is not a regular file -----------------------------------
@@ -105,17 +102,22 @@ def _targets(tmp_path: Path, model: Path) -> Iterator[tuple[str, Path, int]]:
 
 def test_outputs_never_replace_a_device_fifo_or_symlink(tmp_path: Path, model: tuple[Path, Path]) -> None:
     st, bp_file = model
-    run_cli("embed", str(bp_file), str(st))  # so that extract has something to write
-    for kind, target, mode in _targets(tmp_path, st):
+    assert run_batch(["embed", str(bp_file), str(st)])[0].returncode == 0  # so extract has something
+    targets = list(_targets(tmp_path, st))
+    commands = [
+        args
+        for _, target, _ in targets
         for args in (
-            ("extract", str(st), "-o", str(target)),
-            ("embed", str(bp_file), str(st), "-o", str(target)),
-            ("strip", str(st), "-o", str(target)),
-        ):
-            run = run_cli(*args, timeout=60)
-            assert run.returncode == 2, (kind, args, run.stdout, run.stderr)
-            one_line_error(run, "not-a-regular-file")
-            assert stat.S_IFMT(os.lstat(target).st_mode) == mode, (kind, args)
+            ["extract", str(st), "-o", str(target)],
+            ["embed", str(bp_file), str(st), "-o", str(target)],
+            ["strip", str(st), "-o", str(target)],
+        )
+    ]
+    for run, args in zip(run_batch(*commands), commands):
+        assert run.returncode == 2, (args, run.stdout, run.stderr)
+        one_line_error(run, "not-a-regular-file")
+    for kind, target, mode in targets:
+        assert stat.S_IFMT(os.lstat(target).st_mode) == mode, kind
     assert (tmp_path / "victim.safetensors").read_bytes() == st.read_bytes()  # never written through
 
 
@@ -124,9 +126,8 @@ def test_embedding_into_a_symlink_is_refused(tmp_path: Path, model: tuple[Path, 
     before = st.read_bytes()
     link = tmp_path / "link.safetensors"
     link.symlink_to(st)
-    for extra in ((), ("--in-place",)):
-        run = run_cli("embed", str(bp_file), str(link), *extra)
-        assert run.returncode == 2, (extra, run.stdout, run.stderr)
+    for run in run_batch(["embed", str(bp_file), str(link)], ["embed", str(bp_file), str(link), "--in-place"]):
+        assert run.returncode == 2, (run.stdout, run.stderr)
         one_line_error(run, "not-a-regular-file")
         assert link.is_symlink() and st.read_bytes() == before
 
@@ -184,7 +185,7 @@ def test_a_read_only_target_is_refused_both_ways(model: tuple[Path, Path]) -> No
 
 def test_validate_json_report_names_the_fifo(tmp_path: Path) -> None:
     fifo = _fifo(tmp_path / "in.json")
-    run = run_cli("validate", "--json", str(fifo), str(MINIMAL), timeout=60)
+    (run,) = run_batch(["validate", "--json", str(fifo), str(MINIMAL)])
     assert run.returncode == 2
     reports = json.loads(run.stdout)
     assert reports[0]["errors"][0]["code"] == "not-a-regular-file"

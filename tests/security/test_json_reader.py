@@ -16,7 +16,7 @@ from blueprint_format._version import SUPPORTED_MINOR
 from blueprint_format.jsonio import canonical_bytes, count_values
 from blueprint_format.limits import MAX_CONTAINERS, MAX_DOCUMENT_BYTES, MAX_VALUES
 from tests.format.builders import make_doc
-from tests.security.helpers import one_line_error, run_cli
+from tests.security.helpers import LONG, one_line_error, run_cli
 
 MINIMAL = (Path(__file__).resolve().parents[2] / "spec" / "compliance" / "valid" / "minimal.json").read_text()
 
@@ -202,20 +202,21 @@ def _hostile(kind: str, count: int) -> str:
 # Just under the limits: the densest documents a reader must accept (about 60 values are the
 # minimal document's own), and the 63 MB documents of the issue, which it must refuse early.
 UNDER = MAX_VALUES - 100
+LONG_ONLY = pytest.mark.skipif(not LONG, reason="long run only (BLUEPRINT_LONG_TESTS=1; see SECURITY.md)")
 DENSE = [
-    ("zeros", UNDER, 0),
-    ("strings", UNDER, 0),
-    ("objects", MAX_CONTAINERS - 100, 0),
-    ("pairs", (MAX_CONTAINERS - 100) // 2, 0),
-    ("ones", MAX_CONTAINERS - 100, 0),
-    ("members", UNDER, 0),
-    ("zeros", 63 * 1024 * 1024 // 2, 1),
-    ("objects", 63 * 1024 * 1024 // 3, 1),
+    pytest.param("pairs", (MAX_CONTAINERS - 100) // 2, 0, id="pairs"),  # densest in memory per byte
+    pytest.param("zeros", 63 * 1024 * 1024 // 2, 1, id="zeros-63MB"),  # the issue's documents
+    pytest.param("objects", 63 * 1024 * 1024 // 3, 1, id="objects-63MB"),
+    pytest.param("zeros", UNDER, 0, id="zeros", marks=LONG_ONLY),
+    pytest.param("strings", UNDER, 0, id="strings", marks=LONG_ONLY),
+    pytest.param("objects", MAX_CONTAINERS - 100, 0, id="objects", marks=LONG_ONLY),
+    pytest.param("ones", MAX_CONTAINERS - 100, 0, id="ones", marks=LONG_ONLY),
+    pytest.param("members", UNDER, 0, id="members", marks=LONG_ONLY),  # 4 million distinct names
 ]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("kind", "count", "status"), DENSE, ids=[f"{k}-{n}" for k, n, _ in DENSE])
+@pytest.mark.parametrize(("kind", "count", "status"), DENSE)
 def test_cost_is_bounded_by_the_size(tmp_path: Path, kind: str, count: int, status: int) -> None:
     """SPEC 15.2: any document under the size limit validates within 16x its size + 200 MB of
     memory (measured: the peak resident set of the CLI process), or is refused early."""
