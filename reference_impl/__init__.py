@@ -6,6 +6,7 @@ Public API:
   in `ComputeConfig` (compute.py);
 * `CalibrationDomain`, `data_fingerprint`;
 * `fit_power_law`, `mass_shares`, `convert_exponent` (heavy_tail.py);
+* `bootstrap_stability`, `StabilityConfig` (stability.py): how stable a domain's ranking is;
 * `AllocationRule`, `CostModel`, `allocate`, the rule registry `RULE_TYPES` (allocation.py);
 * `apply_blueprint`, `BlueprintHandle`, `load_update`, ... (apply.py): fine-tune only what a
   blueprint selects, with values-only sparse updates;
@@ -58,6 +59,7 @@ from reference_impl.ghost_norms import (
 from reference_impl.heavy_tail import PowerLawFit, convert_exponent, fit_power_law, mass_shares
 from reference_impl.meter import FlopCounter, Meter, MeterPoint, StoppingRule
 from reference_impl.peft_export import LoraExport, lora_config, shira_config
+from reference_impl.stability import Stability, StabilityConfig, bootstrap_stability
 
 _LAZY = {
     "MeterCallback": "reference_impl.trainer_callback",
@@ -95,11 +97,14 @@ __all__ = [
     "ModuleSelection",
     "PowerLawFit",
     "ScoreResult",
+    "Stability",
+    "StabilityConfig",
     "StoppingRule",
     "allocate",
     "apply_blueprint",
     "blueprint_selected_modules",
     "blueprint_trainer",
+    "bootstrap_stability",
     "causal_lm_per_example_loss",
     "compute_blueprint",
     "convert_exponent",
