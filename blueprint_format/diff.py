@@ -10,7 +10,9 @@ publishers' CI). Over the modules both documents describe it reports:
   elements by one shared order), both as 2 |A and B| / (|A| + |B|);
 * the largest k* changes;
 * per common domain, the change of the heavy-tail exponent (as a density exponent, SPEC 8.3) and
-  of the top-10% mass share.
+  of the top-10% mass share;
+* beside them, each blueprint's own bootstrap stability of the domain (SPEC 7.7) where recorded,
+  the noise that the sampling of calibration batches alone explains.
 
 Each figure is checked against a threshold (`DiffThresholds`); the result says which checks fail.
 Pure Python: no numpy, so that the format package keeps its few dependencies.
@@ -111,6 +113,18 @@ class TailChange:
 
 
 @dataclass(frozen=True)
+class DomainStability:
+    """A common domain's own bootstrap figures (SPEC 7.7) in each blueprint, where recorded: the
+    noise floor of its rank correlation and selection overlap."""
+
+    domain: str
+    rank_correlation_a: float | None
+    rank_correlation_b: float | None
+    selection_overlap_a: float | None
+    selection_overlap_b: float | None
+
+
+@dataclass(frozen=True)
 class Failure:
     """A check outside its threshold."""
 
@@ -134,6 +148,7 @@ class Diff:
     selection: Selection
     k_star_changes: list[KStarChange]
     heavy_tail: list[TailChange]
+    stability: list[DomainStability]
     thresholds: DiffThresholds
     failures: list[Failure] = field(default_factory=list)
 
@@ -334,6 +349,22 @@ def _tail_changes(a: Blueprint, b: Blueprint, domains: list[str]) -> list[TailCh
     return out
 
 
+def _stability(a: Blueprint, b: Blueprint, domains: list[str]) -> list[DomainStability]:
+    out = []
+    for d in domains:
+        sa, sb = a.domain(d).stability, b.domain(d).stability
+        if sa is None and sb is None:
+            continue
+        out.append(DomainStability(
+            domain=d,
+            rank_correlation_a=sa.rank_correlation if sa else None,
+            rank_correlation_b=sb.rank_correlation if sb else None,
+            selection_overlap_a=sa.selection.overlap if sa and sa.selection else None,
+            selection_overlap_b=sb.selection.overlap if sb and sb.selection else None,
+        ))
+    return out
+
+
 def _failures(diff: Diff) -> list[Failure]:
     t = diff.thresholds
     out = [
@@ -389,6 +420,7 @@ def compare(a: Blueprint, b: Blueprint, thresholds: DiffThresholds | None = None
         selection=selection,
         k_star_changes=changes[:top],
         heavy_tail=_tail_changes(a, b, domains),
+        stability=_stability(a, b, domains),
         thresholds=thresholds,
     )
     return replace(diff, failures=_failures(diff))

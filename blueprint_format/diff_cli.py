@@ -118,6 +118,12 @@ def render(diff: Any, sides: dict[str, dict[str, str]]) -> str:
     ]
     headers = ["domain", "status A/B", "alpha A", "alpha B", "change", "top10 A", "top10 B", "change"]
     lines += ["", "heavy tail (density exponent alpha, top-10% mass share)", table(headers, rows, right=set(range(2, 8)))]
+    if diff.stability:
+        rows = [[s.domain, _f(s.rank_correlation_a), _f(s.rank_correlation_b), _f(s.selection_overlap_a),
+                 _f(s.selection_overlap_b)] for s in diff.stability]
+        headers = ["domain", "spearman A", "spearman B", "overlap A", "overlap B"]
+        lines += ["", "each blueprint's own bootstrap stability (SPEC 7.7: the noise of its calibration batches)",
+                  table(headers, rows, right=set(range(1, 5)))]
     if diff.within:
         lines += ["", "within thresholds"]
     else:

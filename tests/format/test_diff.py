@@ -209,6 +209,25 @@ def test_modules_and_domains_in_one_blueprint_only_are_listed() -> None:
     assert d.common_domains == ["ai"] and d.domains_only_in_a == ["bio"] and d.domains_only_in_b == ["other"]
 
 
+def test_each_blueprints_own_stability_is_shown_beside_the_comparison() -> None:
+    values, sizes, k = base()
+    a = make_blueprint(values, sizes, k)
+    b = copy.deepcopy(a)
+    b["spec_version"] = "1.1.0"
+    b["domains"][1]["stability"] = {
+        "method": "batch-bootstrap", "statistic": "grad_norm_mean", "resamples": 50, "confidence": 0.9,
+        "rank_correlation": 0.93, "selection": {"budget": 0.2, "overlap": 0.81},
+    }
+    for m in b["modules"]:
+        v = m["stats"]["bio"]["grad_norm_mean"]
+        m["stats"]["bio"]["interval"] = {"lower": v * 0.9, "upper": v * 1.1}
+    d = compare(bf.from_json(a), bf.from_json(b))
+    assert [(s.domain, s.rank_correlation_a, s.rank_correlation_b, s.selection_overlap_b) for s in d.stability] == [
+        ("bio", None, 0.93, 0.81)
+    ]
+    assert d.within and d.to_json()["stability"][0]["selection_overlap_b"] == 0.81
+
+
 def test_different_models_or_nothing_in_common_are_not_comparable() -> None:
     values, sizes, k = base()
     a = bf.from_json(make_blueprint(values, sizes, k))
