@@ -187,6 +187,7 @@ def test_a_statistic_that_needs_gradients_is_refused() -> None:
     assert info.value.field == "statistic"
 
 
+@pytest.mark.slow
 def test_compute_records_the_bootstrap_of_each_domain(tiny_net: object) -> None:
     import blueprint_format as bf
     from reference_impl import compute_blueprint
