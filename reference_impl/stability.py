@@ -141,13 +141,16 @@ def average_ranks(values: np.ndarray) -> np.ndarray:
     values = np.atleast_2d(values)
     order = np.argsort(values, axis=1, kind="stable")
     ordered = np.take_along_axis(values, order, axis=1)
+    positions = np.arange(values.shape[1])
+    # A run of equal values spans positions [first, last]; each of its entries gets their mean + 1.
+    starts = np.ones(values.shape, dtype=bool)
+    starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    ends = np.ones(values.shape, dtype=bool)
+    ends[:, :-1] = starts[:, 1:]
+    first = np.maximum.accumulate(np.where(starts, positions, 0), axis=1)
+    last = np.minimum.accumulate(np.where(ends, positions, values.shape[1] - 1)[:, ::-1], axis=1)[:, ::-1]
     ranks = np.empty(values.shape)
-    for r in range(values.shape[0]):
-        # Runs of equal values share the mean of the positions they span.
-        starts = np.flatnonzero(np.r_[True, ordered[r, 1:] != ordered[r, :-1]])
-        ends = np.r_[starts[1:], values.shape[1]]
-        mean_rank = (starts + ends + 1) / 2.0
-        ranks[r, order[r]] = np.repeat(mean_rank, ends - starts)
+    np.put_along_axis(ranks, order, (first + last) / 2.0 + 1.0, axis=1)
     return ranks
 
 
