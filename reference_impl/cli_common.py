@@ -37,6 +37,8 @@ from blueprint_format.models import NAME_PATTERN, Precision
 
 #: Where a command may run. `auto`: CUDA when a device is available, else the CPU.
 DEVICES = ("auto", "cpu", "cuda")
+#: Ways to spread a command over the processes torchrun starts (reference_impl.sharded).
+DISTRIBUTED = ("fsdp",)
 #: Weights dtypes and autocast modes, as the blueprint's `method.precision` records them.
 PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
 
@@ -98,6 +100,12 @@ OPTIONS: dict[str, Option] = {
         {"action": "store_true"},
     ),
     "output": Option(("-o", "--output"), "file to write", {"required": True, "metavar": "OUT"}),
+    "distributed": Option(
+        ("--distributed",),
+        "shard the model with FSDP2 over the processes torchrun starts: torchrun --nproc_per_node N "
+        "$(which blueprint) COMMAND ... --distributed fsdp; each process takes every N-th batch, rank 0 writes",
+        {"choices": DISTRIBUTED, "default": None},
+    ),
 }
 
 

@@ -84,11 +84,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "--sidecar", choices=SIDECAR_GRANULARITIES, default=None,
         help="also write row- or element-level scores to OUT's stem + .scores.safetensors, referenced by digest",
     )
-    p.add_argument(
-        "--distributed", choices=("fsdp",), default=None,
-        help="shard the model with FSDP2 over the processes torchrun starts (torchrun --nproc_per_node N "
-        "$(which blueprint) compute ... --distributed fsdp); every process takes every N-th batch, rank 0 writes",
-    )
+    add_options(p, "distributed")
     p.set_defaults(handler=cmd_compute)
 
 
@@ -273,7 +269,9 @@ def cmd_compute(args: argparse.Namespace) -> int:
     from reference_impl.model_loading import model_folder_tensors, refuse_remote_code
 
     plan = plan_from_flags(args)
-    with quiet_output(args.quiet), _processes(args) as device:
+    from reference_impl.sharded import is_main_process, session
+
+    with quiet_output(args.quiet), session(args.distributed, args.device) as device:
         if device is not None:  # this process's device under torchrun
             plan = dataclasses.replace(plan, config=dataclasses.replace(plan.config, device=device))
         used, files = read_domains(args, plan)
@@ -281,29 +279,11 @@ def cmd_compute(args: argparse.Namespace) -> int:
         tensors = model_folder_tensors(model_path)
         refuse_remote_code(model_path, args.trust_remote_code)
         bp = _compute(args, plan, used, files)
-        main = _is_main_process()
+        main = is_main_process()
         embedded = _check_and_write(args, plan, bp, tensors) if main else None
     if not args.quiet and main:
         _summary(bp, plan.output, embedded)
     return 0
-
-
-def _processes(args: argparse.Namespace) -> Any:
-    """With --distributed: the torchrun process group for the command's duration (yields this
-    process's device); else a context yielding None."""
-    import contextlib
-
-    if args.distributed is None:
-        return contextlib.nullcontext(None)
-    from reference_impl.sharded import process_group
-
-    return process_group(args.device)
-
-
-def _is_main_process() -> bool:
-    from reference_impl.sharded import is_main_process
-
-    return is_main_process()
 
 
 def _check_and_write(args: argparse.Namespace, plan: ComputePlan, bp: Any, tensors: list[Any]) -> Any:

@@ -327,40 +327,104 @@ def score_batches(
 ) -> ScoreResult:
     """Score every example of `batches` (in order) by its gradient norm; see the module docstring.
 
-    Refuses non-finite scores (ComputeError non-finite-number, naming the batch)."""
+    Under torch.distributed (for example a model sharded with FSDP2: `--distributed fsdp`) each
+    process scores every world_size-th batch; every process runs the same number of passes, as
+    FSDP's collectives need (a process short of batches repeats one and drops its scores), and
+    the per-example scores are gathered, so every process returns all of them in input order.
+    Refuses non-finite scores (ComputeError non-finite-gradient, naming the batch)."""
     import torch
 
+    from reference_impl.sharded import distributed
+
+    listed = list(batches)
+    _, rank, world = distributed()
+    mine = list(range(rank, len(listed), world))
+    rows = modules if isinstance(modules, Mapping) or modules is None else list(modules)
+    was_training = model.training
+    model.eval()
+    results = []
+    try:
+        for i in mine:
+            results.append(_score_one(model, listed[i], per_example_loss, rows, device, form))
+            if progress is not None:
+                progress.update(int(results[-1].scores.shape[0]) * world)
+        last = results[-1] if results else None
+        for _ in range(-(-len(listed) // world) - len(mine)):  # FSDP: the same passes everywhere
+            last = _score_one(model, listed[mine[-1] if mine else 0], per_example_loss, rows, device, form)
+    finally:
+        model.train(was_training)
+    _refuse_non_finite(mine, results, len(listed))
+    if last is None:
+        raise input_error("empty-document", "no examples to score")
+    sizes = [int(r.scores.shape[0]) for r in results]
+    all_sizes = _gathered_sizes(sizes, world, len(listed), results[0].scores.device if results else None)
+    scores = _in_input_order(torch.cat([r.scores.double() for r in results]) if results else None, all_sizes, world)
+    matrix = None
+    if keep_matrix:
+        m = len(last.modules)
+        local = torch.cat([r.sq_norms.double().T for r in results]) if results else None
+        matrix = _in_input_order(local, all_sizes, world, width=m).cpu().reshape(-1, m).T
+    considered = None if modules is None else list(modules)
+    return ScoreResult(
+        scores.cpu().tolist(), last.modules, last.methods, modules_digest(considered), last.unsupported, matrix,
+    )
+
+
+def _score_one(model: Any, batch: Any, loss: Any, rows: Any, device: Any, form: str) -> Any:
+    """Ghost norms of one batch (moved to `device`)."""
     from reference_impl.compute import to_device
     from reference_impl.ghost_norms import per_example_grad_norms
 
-    was_training = model.training
-    model.eval()
-    scores: list[float] = []
-    mats: list[Any] = []
-    names: list[str] = []
-    methods: list[str] = []
-    unsupported: dict[str, str] = {}
-    rows = modules if isinstance(modules, Mapping) or modules is None else list(modules)
-    try:
-        for b, batch in enumerate(batches):
-            if device is not None:
-                batch = to_device(batch, device)
-            res = per_example_grad_norms(model, batch, per_example_loss, rows, form=form)
-            s = res.scores.double().cpu()
-            if not bool(torch.isfinite(s).all()):
-                raise compute_error(
-                    "non-finite-gradient", f"batch {b}: non-finite per-example gradient norm"
-                )
-            scores.extend(float(v) for v in s)
-            names, methods, unsupported = res.modules, res.methods, res.unsupported
-            if keep_matrix:
-                mats.append(res.sq_norms.double().cpu())
-            if progress is not None:
-                progress.update(int(s.shape[0]))
-    finally:
-        model.train(was_training)
-    considered = None if modules is None else list(modules)
-    return ScoreResult(
-        scores, names, methods, modules_digest(considered), unsupported,
-        torch.cat(mats, dim=1) if keep_matrix and mats else None,
-    )
+    if device is not None:
+        batch = to_device(batch, device)
+    return per_example_grad_norms(model, batch, loss, rows, form=form)
+
+
+def _refuse_non_finite(mine: list[int], results: list[Any], n: int) -> None:
+    """Raise on every process when any process had a batch with a non-finite score."""
+    import torch
+
+    from reference_impl.sharded import all_reduce_
+
+    bad = [i for i, res in zip(mine, results) if not bool(torch.isfinite(res.scores).all())]
+    device = results[0].scores.device if results else torch.device("cpu")
+    first = -int(all_reduce_(torch.tensor([-(min(bad) if bad else n)], device=device), "max").item())
+    if first < n:
+        raise compute_error("non-finite-gradient", f"batch {first}: non-finite per-example gradient norm")
+
+
+def _gathered_sizes(sizes: list[int], world: int, n: int, device: Any) -> list[int]:
+    """Examples per batch of all batches, in input order (each process knows only its own)."""
+    import torch
+
+    from reference_impl.sharded import gather_values
+
+    if world == 1:
+        return sizes
+    flat = gather_values(torch.tensor(sizes, dtype=torch.long, device=device)).tolist()
+    out = [0] * n
+    pos = 0
+    for r in range(world):
+        for i in range(r, n, world):
+            out[i] = int(flat[pos])
+            pos += 1
+    return out
+
+
+def _in_input_order(local: Any, sizes: list[int], world: int, width: int = 1) -> Any:
+    """Rows of every process's batches (process r held batches r, r + world, ...) gathered and put
+    back in input order; `width` values per example."""
+    import torch
+
+    from reference_impl.sharded import gather_values
+
+    if world == 1:
+        return local
+    flat = gather_values(local.reshape(-1) if local is not None else torch.zeros(0, dtype=torch.float64)).cpu()
+    pieces: dict[int, Any] = {}
+    pos = 0
+    for r in range(world):
+        for i in range(r, len(sizes), world):
+            pieces[i] = flat[pos : pos + sizes[i] * width]
+            pos += sizes[i] * width
+    return torch.cat([pieces[i] for i in range(len(sizes))])

@@ -312,13 +312,19 @@ class _Tap(torch.autograd.Function):
 
 
 class _Capture:
-    """Forward/backward hooks that turn each call's (A, G) into per-example contributions."""
+    """Forward/backward hooks that turn each call's (A, G) into per-example contributions.
 
-    def __init__(self, batch_size: int, form: str, params: dict[int, nn.Parameter], expected: dict[int, int]):
+    Parameters are found through their slot (module, attribute), not their identity: under FSDP2
+    a module holds a sharded parameter outside its forward and the gathered one inside it, two
+    different objects; results are keyed by the parameter the caller named (`slots`' values).
+    """
+
+    def __init__(self, batch_size: int, form: str, slots: dict[tuple[int, str], nn.Parameter]):
         self.b = batch_size
         self.form = form
-        self.params = params
-        self.expected = expected  # param id -> number of calls seen in the forward
+        self.slots = slots
+        self.params = {id(p): p for p in slots.values()}
+        self.expected: dict[int, int] = {}  # param id -> number of calls seen in the forward
         self.pending: dict[int, list[Any]] = {}
         self.sq: dict[int, torch.Tensor] = {}
         self.method: dict[int, str] = {}
@@ -326,6 +332,10 @@ class _Capture:
         self.bad: dict[int, str] = {}
         self.calls: dict[int, int] = {}
         self.handles: list[Any] = []
+
+    def own(self, module: nn.Module, attr: str) -> nn.Parameter | None:
+        """The considered parameter in `module`'s slot `attr`, if any."""
+        return self.slots.get((id(module), attr))
 
     def anchor(self, device: torch.device) -> torch.Tensor:
         if device not in self.anchors:
@@ -340,7 +350,7 @@ class _Capture:
 
     def forward_hook(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
         kind = _kind(module)
-        ps = [p for _, p in _direct_params(module) if id(p) in self.params]
+        ps = [p for a in module._parameters if (p := self.own(module, a)) is not None]
         if kind is None or not ps or not isinstance(output, torch.Tensor) or not args:
             return None
         x = args[0]
@@ -430,61 +440,72 @@ class _Capture:
         self.sq[id(p)] = dense.reshape(dense.shape[0], -1).pow(2).sum(1)
 
     def _backward(self, module: nn.Module, kind: str, x: torch.Tensor, g: torch.Tensor) -> None:
-        b = self.b
         if kind in ("linear", "conv1d"):
-            a = x.reshape(b, -1, x.shape[-1])
-            gg = g.reshape(b, -1, g.shape[-1])
-            w = module.weight
-            assert isinstance(w, torch.Tensor)
-            if id(w) in self.params:
-                tied = self.expected.get(id(w), 1) > 1
-                factor = _Factor(_Side(dense=gg), _Side(dense=a), transpose=kind == "conv1d")
-                t, d, pdim = a.shape[1], a.shape[2], gg.shape[2]
-                form = self.form if self.form != "auto" else ("gram" if 2 * t * t <= d * pdim else "explicit")
-                if tied:
-                    self._add(w, factor, "tied-gram")
-                elif t == 1:
-                    self._add(w, a[:, 0].pow(2).sum(1) * gg[:, 0].pow(2).sum(1), "gram")
-                elif form == "gram":
-                    self._add(w, _inner(factor, factor), "gram")
-                else:
-                    self._add(w, torch.einsum("btp,btd->bpd", gg, a).pow(2).sum(dim=(1, 2)), "explicit")
-            bias = getattr(module, "bias", None)
-            if isinstance(bias, nn.Parameter) and id(bias) in self.params:
-                self._add_explicit(bias, gg.sum(dim=1))
+            self._linear(module, kind, x, g)
         elif kind == "embedding":
             assert isinstance(module, nn.Embedding)
-            ids = x.reshape(b, -1)
-            gg = g.reshape(b, ids.shape[1], -1)
-            if module.padding_idx is not None:
-                # torch gives the padding row no gradient
-                gg = gg.masked_fill((ids == module.padding_idx)[:, :, None], 0.0)
-            w = module.weight
-            if self.expected.get(id(w), 1) > 1:
-                self._add(w, _Factor(_Side(ids=ids, size=module.num_embeddings), _Side(dense=gg)), "tied-gram")
-            else:
-                self._add(w, _embedding_sq_norm(ids, gg, module.num_embeddings), "embedding")
+            self._embedding(module, x, g)
         elif kind == "layernorm":
             assert isinstance(module, nn.LayerNorm)
-            nd = len(module.normalized_shape)
-            dims = tuple(range(-nd, 0))
-            xf = x.to(g.dtype)
-            mean = xf.mean(dim=dims, keepdim=True)
-            var = xf.var(dim=dims, keepdim=True, unbiased=False)
-            xhat = (xf - mean) / torch.sqrt(var + module.eps)
-            flat = tuple(range(1, g.dim() - nd))
-            if isinstance(module.weight, nn.Parameter) and id(module.weight) in self.params:
-                gw = (g * xhat).sum(dim=flat) if flat else g * xhat
-                self._add_explicit(module.weight, gw)
-            if isinstance(module.bias, nn.Parameter) and id(module.bias) in self.params:
-                self._add_explicit(module.bias, g.sum(dim=flat) if flat else g)
+            self._layernorm(module, x, g)
         elif kind == "rmsnorm":
-            weight = module.weight
-            assert isinstance(weight, nn.Parameter)
-            if id(weight) in self.params:
-                xhat = _rms_normalised(module, x).to(g.dtype)
-                flat = tuple(range(1, g.dim() - weight.dim()))
-                self._add_explicit(weight, (g * xhat).sum(dim=flat) if flat else g * xhat)
+            self._rmsnorm(module, x, g)
+
+    def _linear(self, module: nn.Module, kind: str, x: torch.Tensor, g: torch.Tensor) -> None:
+        a = x.reshape(self.b, -1, x.shape[-1])
+        gg = g.reshape(self.b, -1, g.shape[-1])
+        w = self.own(module, "weight")
+        if w is not None:
+            tied = self.expected.get(id(w), 1) > 1
+            factor = _Factor(_Side(dense=gg), _Side(dense=a), transpose=kind == "conv1d")
+            t, d, pdim = a.shape[1], a.shape[2], gg.shape[2]
+            form = self.form if self.form != "auto" else ("gram" if 2 * t * t <= d * pdim else "explicit")
+            if tied:
+                self._add(w, factor, "tied-gram")
+            elif t == 1:
+                self._add(w, a[:, 0].pow(2).sum(1) * gg[:, 0].pow(2).sum(1), "gram")
+            elif form == "gram":
+                self._add(w, _inner(factor, factor), "gram")
+            else:
+                self._add(w, torch.einsum("btp,btd->bpd", gg, a).pow(2).sum(dim=(1, 2)), "explicit")
+        bias = self.own(module, "bias")
+        if bias is not None:
+            self._add_explicit(bias, gg.sum(dim=1))
+
+    def _embedding(self, module: nn.Embedding, x: torch.Tensor, g: torch.Tensor) -> None:
+        w = self.own(module, "weight")
+        if w is None:
+            return
+        ids = x.reshape(self.b, -1)
+        gg = g.reshape(self.b, ids.shape[1], -1)
+        if module.padding_idx is not None:
+            # torch gives the padding row no gradient
+            gg = gg.masked_fill((ids == module.padding_idx)[:, :, None], 0.0)
+        if self.expected.get(id(w), 1) > 1:
+            self._add(w, _Factor(_Side(ids=ids, size=module.num_embeddings), _Side(dense=gg)), "tied-gram")
+        else:
+            self._add(w, _embedding_sq_norm(ids, gg, module.num_embeddings), "embedding")
+
+    def _layernorm(self, module: nn.LayerNorm, x: torch.Tensor, g: torch.Tensor) -> None:
+        nd = len(module.normalized_shape)
+        dims = tuple(range(-nd, 0))
+        xf = x.to(g.dtype)
+        mean = xf.mean(dim=dims, keepdim=True)
+        var = xf.var(dim=dims, keepdim=True, unbiased=False)
+        xhat = (xf - mean) / torch.sqrt(var + module.eps)
+        flat = tuple(range(1, g.dim() - nd))
+        weight, bias = self.own(module, "weight"), self.own(module, "bias")
+        if weight is not None:
+            self._add_explicit(weight, (g * xhat).sum(dim=flat) if flat else g * xhat)
+        if bias is not None:
+            self._add_explicit(bias, g.sum(dim=flat) if flat else g)
+
+    def _rmsnorm(self, module: nn.Module, x: torch.Tensor, g: torch.Tensor) -> None:
+        weight = self.own(module, "weight")
+        if weight is not None:
+            xhat = _rms_normalised(module, x).to(g.dtype)
+            flat = tuple(range(1, g.dim() - weight.dim()))
+            self._add_explicit(weight, (g * xhat).sum(dim=flat) if flat else g * xhat)
 
     def _add_explicit(self, p: torch.Tensor, per_example: torch.Tensor) -> None:
         if self.expected.get(id(p), 1) > 1:
@@ -576,7 +597,11 @@ def per_example_grad_norms(
             if id(p) in wanted:
                 holders.setdefault(id(p), []).append(mod)
     hookable = {pid for pid, mods in holders.items() if all(_kind(m) is not None for m in mods)}
-    cap = _Capture(b, form, {pid: wanted[pid] for pid in hookable}, {})
+    slots = {
+        (id(mod), attr): p for mod in model.modules() for attr, p in mod._parameters.items()
+        if p is not None and id(p) in hookable
+    }
+    cap = _Capture(b, form, slots)
     hooked = {id(m): m for pid in hookable for m in holders[pid]}
     for m in hooked.values():
         cap.handles.append(m.register_forward_pre_hook(cap.pre_hook))

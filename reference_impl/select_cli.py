@@ -18,6 +18,7 @@ from typing import Any
 from blueprint_format.models import NAME_PATTERN
 from reference_impl.cli_common import (
     DEVICES,
+    DISTRIBUTED,
     add_options,
     command_parser,
     quiet_output,
@@ -71,6 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "--update-blueprint", default=None, metavar="OUT",
         help="write --blueprint with its data_selection summary (aggregates only) to OUT",
     )
+    add_options(p, "distributed")
     p.set_defaults(handler=cmd_select_data)
 
 
@@ -104,6 +106,7 @@ class SelectConfig:
     device: str = "auto"
     trust_remote_code: bool = False
     quiet: bool = False
+    distributed: str | None = None
 
     def __post_init__(self) -> None:
         import re
@@ -126,6 +129,14 @@ class SelectConfig:
             raise config_error("from_scores", "from_scores and scores exclude each other (--scores, --from-scores)")
         if self.domain is not None and not re.match(NAME_PATTERN, self.domain):
             raise config_error("domain", f"domain {self.domain!r} is not a domain name")
+        if self.distributed is not None:
+            choice("distributed", self.distributed, DISTRIBUTED)
+            from reference_impl.sharded import TORCHRUN_ENV, launched_by_torchrun
+
+            if not launched_by_torchrun():
+                raise config_error("distributed", f"distributed {self.distributed} needs torchrun's processes "
+                                                  f"({', '.join(TORCHRUN_ENV)} unset): torchrun --nproc_per_node N "
+                                                  "$(which blueprint) select-data ...")
 
     @property
     def outputs(self) -> list[Path]:
@@ -147,7 +158,7 @@ def config_from_flags(args: argparse.Namespace) -> SelectConfig:
             scores=path(args.scores), from_scores=path(args.from_scores),
             update_blueprint=path(args.update_blueprint), domain=args.domain, balance_labels=args.balance_labels,
             batch_size=args.batch_size, seq_len=args.seq_len, loss=args.loss, device=args.device,
-            trust_remote_code=args.trust_remote_code, quiet=args.quiet,
+            trust_remote_code=args.trust_remote_code, quiet=args.quiet, distributed=args.distributed,
         )
     check_output_paths(*cfg.outputs)
     return cfg
@@ -280,14 +291,17 @@ def _updated_blueprint(bp: Any, summary: dict[str, Any]) -> Any:
 def cmd_select_data(args: argparse.Namespace) -> int:
     """Handler of `blueprint select-data`."""
     cfg = config_from_flags(args)
-    with quiet_output(cfg.quiet):
+    main = True
+    with quiet_output(cfg.quiet), _processes(cfg):
         pool = _read_pool(cfg)
         bp = _load_blueprint(cfg, len(pool.examples))
         scores, mdigest = _pool_scores(cfg, pool, bp)
         keep, summary = _selection(cfg, pool, scores)
         new_bp = _updated_blueprint(bp, summary) if cfg.update_blueprint and bp is not None else None
-        _write(cfg, pool, scores, mdigest, keep, new_bp)
-    if not cfg.quiet:
+        main = _is_main_process(cfg)
+        if main:
+            _write(cfg, pool, scores, mdigest, keep, new_bp)
+    if not cfg.quiet and main:
         q = summary["score_quantiles"]
         dropped = f", top {cfg.drop_top} dropped" if cfg.drop_top else ""
         print(
@@ -296,6 +310,25 @@ def cmd_select_data(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+def _processes(cfg: SelectConfig) -> Any:
+    """With --distributed, the torchrun process group for the command's duration."""
+    import contextlib
+
+    if cfg.distributed is None:
+        return contextlib.nullcontext(None)
+    from reference_impl.sharded import session
+
+    return session(cfg.distributed, cfg.device)
+
+
+def _is_main_process(cfg: SelectConfig) -> bool:
+    if cfg.distributed is None:
+        return True
+    from reference_impl.sharded import is_main_process
+
+    return is_main_process()
 
 
 def _write(cfg: SelectConfig, pool: _Pool, scores: list[float], mdigest: str, keep: list[int], new_bp: Any) -> None:
@@ -347,7 +380,13 @@ def _score(cfg: SelectConfig, examples: list[Any], bp: Any) -> tuple[list[float]
     limit = _max_length(model, tokenizer, cfg.seq_len)
     _warn_truncated(examples, tokenizer, limit, cfg.quiet)
     device = resolve_device(cfg.device)
-    model.to(device)
+    if cfg.distributed == "fsdp":
+        from reference_impl.sharded import local_device, shard_model
+
+        device = local_device(cfg.device)  # this process's own device under torchrun
+        model = shard_model(model, device)
+    else:
+        model.to(device)
     batches = make_batches(examples, tokenizer, model, loaded.task, cfg.batch_size, limit, where=str(cfg.data))
     modules = blueprint_selected_modules(bp, model, cfg.model) if bp is not None else None
     loss_fn, _ = default_per_example_loss(model)

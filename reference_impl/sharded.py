@@ -43,23 +43,34 @@ def launched_by_torchrun() -> bool:
     return all(k in os.environ for k in TORCHRUN_ENV)
 
 
+def local_device(device: str) -> torch.device:
+    """This process's device under torchrun: cuda:LOCAL_RANK for "cuda" (or "auto" with CUDA),
+    else the CPU."""
+    cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if cuda else torch.device("cpu")
+
+
 @contextlib.contextmanager
 def process_group(device: str) -> Iterator[torch.device]:
     """Join the process group torchrun describes (NCCL on CUDA, gloo on the CPU) for the
     duration; yields this process's device (`device`: "auto", "cpu" or "cuda")."""
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    dev = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
-    if cuda:
+    dev = local_device(device)
+    if dev.type == "cuda":
         torch.cuda.set_device(dev)
     joined = not (dist.is_available() and dist.is_initialized())
     if joined:
-        dist.init_process_group("nccl" if cuda else "gloo")
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     try:
         yield dev
     finally:
         if joined:
             dist.destroy_process_group()
+
+
+def session(kind: str | None, device: str) -> contextlib.AbstractContextManager[torch.device | None]:
+    """The commands' --distributed: for "fsdp", `process_group(device)` (yields this process's
+    device); for None, a context yielding None."""
+    return process_group(device) if kind is not None else contextlib.nullcontext(None)
 
 
 def is_main_process() -> bool:

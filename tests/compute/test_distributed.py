@@ -138,3 +138,34 @@ def test_cli_distributed_needs_torchrun(tmp_path: Path, monkeypatch: pytest.Monk
     code = main(["compute", "--model", str(tmp_path), "--data", f"d={tmp_path / 'd.txt'}", "-o",
                  str(tmp_path / "bp.json"), "--distributed", "fsdp"])
     assert code == 2
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_cli_select_data_distributed_fsdp_matches_one_process(tmp_path: Path) -> None:
+    """`torchrun ... select-data --distributed fsdp`: each process scores every other batch of
+    the FSDP-sharded model; the gathered scores equal one process's, in input order."""
+    from blueprint_format.cli import main
+    from reference_impl.data_selection import read_scores
+    from tests.compute.hf_folders import make_folder
+    from tests.data_selection.folders import write_jsonl
+
+    folder = make_folder(tmp_path / "cls", "cls")
+    data = write_jsonl(tmp_path / "pool.jsonl", 22)  # 6 batches of 4: the last one short
+    common = ["select-data", "--model", str(folder), "--data", str(data), "--fraction", "0.5", "--batch-size", "4",
+              "--quiet", "--device", "cpu"]
+    blueprint = Path(sys.executable).with_name("blueprint")
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
+    assert torchrun is not None
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.run(
+        [torchrun, "--standalone", "--nproc_per_node=2", str(blueprint), *common, "-o", str(tmp_path / "multi.jsonl"),
+         "--scores", str(tmp_path / "multi.scores.jsonl"), "--distributed", "fsdp"],
+        env=env, capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert main([*common, "-o", str(tmp_path / "one.jsonl"), "--scores", str(tmp_path / "one.scores.jsonl")]) == 0
+    multi, one = read_scores(tmp_path / "multi.scores.jsonl"), read_scores(tmp_path / "one.scores.jsonl")
+    assert len(multi) == len(one) == 22
+    assert multi == pytest.approx(one, rel=1e-5)
+    assert (tmp_path / "multi.jsonl").read_text() == (tmp_path / "one.jsonl").read_text()
