@@ -292,3 +292,19 @@ def test_card_limits(tmp_path: Path) -> None:
     for run in run_batch(*(["extract", str(card)] for card in cards)):
         assert run.returncode == 1
         one_line_error(run, "bad-container")
+
+
+# --- item 8: a checkpoint holding an integer the restricted loader cannot read ---------------------
+
+
+def test_a_huge_integer_in_a_checkpoint_is_a_bad_container_with_a_reason(tmp_path: Path) -> None:
+    import torch
+
+    doc = json.loads(dumps(build_blueprint([("w", 4)])))
+    doc["extensions"] = {"x-big": 10**4000}  # pickled with LONG4, which torch's safe loader lacks
+    path = tmp_path / "model.pt"
+    torch.save({"w": torch.zeros(4), "__gradient_blueprint__": doc}, str(path))
+    (run,) = run_batch(["extract", str(path)])
+    assert run.returncode == 1
+    one_line_error(run, "bad-container")
+    assert "LONG4" in run.stderr and "unsafe-checkpoint" not in run.stderr
