@@ -180,6 +180,8 @@ def test_value_count_is_exact_on_well_formed_json() -> None:
         expected = _naive_count(value)
         for text in (json.dumps(value), json.dumps(value, indent=3)):
             assert count_values(text) == expected
+    spaced = '{ "a" : [ ] , "b" : {\n\t} , "c" : [ { } , [ [ ] ] ] }'
+    assert count_values(spaced) == _naive_count(json.loads(spaced)) == (7, 7)
 
 
 def _naive_count(value: Any) -> tuple[int, int]:
