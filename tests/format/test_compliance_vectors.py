@@ -114,36 +114,30 @@ def _plain_parse(data: bytes) -> tuple[bool, Any]:
         )
     except (UnicodeDecodeError, ValueError, RecursionError):
         return False, None
-    if _contains_infinity(obj) or _contains_lone_surrogate(obj):
+    if any(_infinite(v) or _lone_surrogate(v) for v in _values(obj)):
         return False, None
     return True, obj
 
 
-def _contains_lone_surrogate(obj: Any) -> bool:
+def _values(obj: Any) -> Iterator[Any]:
+    """Every value of a parsed tree and every member name (iteratively)."""
     stack = [obj]
     while stack:
         node = stack.pop()
-        texts = [node] if isinstance(node, str) else list(node) if isinstance(node, dict) else []
-        if any(0xD800 <= ord(ch) <= 0xDFFF for text in texts for ch in text):
-            return True
+        yield node
         if isinstance(node, dict):
+            stack.extend(node)
             stack.extend(node.values())
         elif isinstance(node, list):
             stack.extend(node)
-    return False
 
 
-def _contains_infinity(obj: Any) -> bool:
-    stack = [obj]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, float) and node in (float("inf"), float("-inf")):
-            return True
-        if isinstance(node, dict):
-            stack.extend(node.values())
-        elif isinstance(node, list):
-            stack.extend(node)
-    return False
+def _infinite(value: Any) -> bool:
+    return isinstance(value, float) and value in (float("inf"), float("-inf"))
+
+
+def _lone_surrogate(value: Any) -> bool:
+    return isinstance(value, str) and any(0xD800 <= ord(ch) <= 0xDFFF for ch in value)
 
 
 def _pointer(parts: Any) -> str:
