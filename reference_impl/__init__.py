@@ -8,8 +8,10 @@ Public API:
 * `fit_power_law`, `mass_shares`, `convert_exponent` (heavy_tail.py);
 * `bootstrap_stability`, `StabilityConfig` (stability.py): how stable a domain's ranking is;
 * `AllocationRule`, `CostModel`, `allocate`, the rule registry `RULE_TYPES` (allocation.py);
-* `apply_blueprint`, `BlueprintHandle`, `load_update`, ... (apply.py): fine-tune only what a
-  blueprint selects, with values-only sparse updates;
+* `apply_blueprint`, `ApplyConfig`, `BlueprintHandle`, `load_update`, ... (apply.py): fine-tune
+  only what a blueprint selects; partial updates trained in place by the sparse engine
+  (`attach_sparse`, `SparseEngine`, `SparseSelection` in sparse_update.py);
+* `FinetuneConfig`, `train`, `run_finetune` (finetune.py): the fine-tuning loop and command;
 * `Meter`, `StoppingRule`, `FlopCounter` (meter.py): capability per resource;
 * `lora_config`, `shira_config` (peft_export.py);
 * `per_example_grad_norms` (ghost_norms.py) and `score_batches`, `select_indices`,
@@ -25,6 +27,7 @@ from typing import Any
 
 from reference_impl.allocation import RULE_TYPES, Allocation, AllocationRule, CostModel, allocate
 from reference_impl.apply import (
+    ApplyConfig,
     ApplyError,
     BlueprintHandle,
     ModuleSelection,
@@ -48,6 +51,7 @@ from reference_impl.data_selection import (
     write_scores,
 )
 from reference_impl.errors import ComputeError, ComputeInputError
+from reference_impl.finetune import FinetuneConfig, run_finetune, train
 from reference_impl.ghost_norms import (
     GhostNormResult,
     causal_lm_per_example_loss,
@@ -59,6 +63,7 @@ from reference_impl.ghost_norms import (
 from reference_impl.heavy_tail import PowerLawFit, convert_exponent, fit_power_law, mass_shares
 from reference_impl.meter import FlopCounter, Meter, MeterPoint, StoppingRule
 from reference_impl.peft_export import LoraExport, lora_config, shira_config
+from reference_impl.sparse_update import SparseEngine, SparseSelection, attach_sparse
 from reference_impl.stability import Stability, StabilityConfig, bootstrap_stability
 
 _LAZY = {
@@ -81,6 +86,7 @@ __all__ = [
     "RULE_TYPES",
     "Allocation",
     "AllocationRule",
+    "ApplyConfig",
     "ApplyError",
     "BlueprintHandle",
     "CalibrationDomain",
@@ -88,6 +94,7 @@ __all__ = [
     "ComputeError",
     "ComputeInputError",
     "CostModel",
+    "FinetuneConfig",
     "FlopCounter",
     "GhostNormResult",
     "LoraExport",
@@ -97,11 +104,14 @@ __all__ = [
     "ModuleSelection",
     "PowerLawFit",
     "ScoreResult",
+    "SparseEngine",
+    "SparseSelection",
     "Stability",
     "StabilityConfig",
     "StoppingRule",
     "allocate",
     "apply_blueprint",
+    "attach_sparse",
     "blueprint_selected_modules",
     "blueprint_trainer",
     "bootstrap_stability",
@@ -119,6 +129,7 @@ __all__ = [
     "per_example_grad_norms_loop",
     "published_scores",
     "read_scores",
+    "run_finetune",
     "score_batches",
     "select_indices",
     "selected_count",
@@ -126,5 +137,6 @@ __all__ = [
     "sequence_classification_per_example_loss",
     "shira_config",
     "sidecar_scores",
+    "train",
     "write_scores",
 ]
