@@ -508,6 +508,9 @@ def _domain_source(run: _Run, batches: Iterable[Any]) -> tuple[Iterable[tuple[in
         # DDP and FSDP need the same number of backward passes on every process: drop the ragged end.
         listed = list(_iterate(batches, max_batches))
         usable = len(listed) - len(listed) % run.world
+        if usable == 0:
+            raise input_error("empty-domain", f"a domain has {len(listed)} batches, fewer than the {run.world} "
+                              "processes (each needs one per step)")
         return listed[:usable], usable
     return _iterate(batches, max_batches), total
 

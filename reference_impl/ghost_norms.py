@@ -588,10 +588,30 @@ def per_example_grad_norms(
         per_example_loss, _ = default_per_example_loss(model)
     rows = _considered(model, modules)
     wanted: dict[int, nn.Parameter] = {id(p): p for ps in rows.values() for p in ps}
-    b = _batch_size(batch)
+    cap, losses, hookable = _hooked_pass(model, batch, per_example_loss, wanted, form)
+    need_fallback = {pid for pid in wanted if pid not in hookable or pid in cap.bad}
+    fallback_sq: dict[int, torch.Tensor] = {}
+    failed: dict[int, str] = {}
+    if need_fallback and fallback:
+        names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
+        by_name = {names[pid]: wanted[pid] for pid in need_fallback if pid in names}
+        try:
+            got = _vmap_sq_norms(model, batch, per_example_loss, by_name)
+            fallback_sq = {id(by_name[n]): v.to(losses.device) for n, v in got.items()}
+        except Exception as exc:  # vmap cannot run every model (data-dependent control flow ...)
+            failed = {pid: f"torch.func fallback failed: {type(exc).__name__}: {exc}"[:300] for pid in need_fallback}
+    elif need_fallback:
+        failed = {pid: cap.bad.get(pid, "no ghost-norm rule for this module type") for pid in need_fallback}
+    return _rows(rows, cap, fallback_sq, failed, cap.b, losses.device)
 
-    # Which wanted parameters does each hookable module hold, and which are held by other modules?
-    holders: dict[int, list[nn.Module]] = {}
+
+def _hooked_pass(
+    model: nn.Module, batch: Any, loss_fn: PerExampleLoss, wanted: dict[int, nn.Parameter], form: str
+) -> tuple[_Capture, torch.Tensor, set[int]]:
+    """The one forward and backward with the hooks on every module whose parameters have a
+    ghost-norm rule; returns the capture, the per-example losses and the hooked parameter ids."""
+    b = _batch_size(batch)
+    holders: dict[int, list[nn.Module]] = {}  # parameter -> the modules holding it directly
     for mod in model.modules():
         for _, p in _direct_params(mod):
             if id(p) in wanted:
@@ -607,7 +627,7 @@ def per_example_grad_norms(
         cap.handles.append(m.register_forward_pre_hook(cap.pre_hook))
         cap.handles.append(m.register_forward_hook(cap.forward_hook))
     try:
-        losses = per_example_loss(model, batch)
+        losses = loss_fn(model, batch)
         if losses.dim() != 1 or losses.shape[0] != b:
             raise ValueError(f"per_example_loss returned shape {tuple(losses.shape)}, expected ({b},)")
         cap.expected = dict(cap.calls)
@@ -619,27 +639,19 @@ def per_example_grad_norms(
     finally:
         for h in cap.handles:
             h.remove()
+    return cap, losses, hookable
 
-    device = losses.device
-    need_fallback = {pid for pid in wanted if pid not in hookable or pid in cap.bad}
-    fallback_sq: dict[int, torch.Tensor] = {}
-    unsupported: dict[str, str] = {}
-    failed: dict[int, str] = {}
-    if need_fallback:
-        if fallback:
-            names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
-            by_name = {names[pid]: wanted[pid] for pid in need_fallback if pid in names}
-            try:
-                got = _vmap_sq_norms(model, batch, per_example_loss, by_name)
-                fallback_sq = {id(by_name[n]): v.to(device) for n, v in got.items()}
-            except Exception as exc:  # vmap cannot run every model (data-dependent control flow ...)
-                failed = {pid: f"torch.func fallback failed: {type(exc).__name__}: {exc}"[:300] for pid in need_fallback}
-        else:
-            failed = {pid: cap.bad.get(pid, "no ghost-norm rule for this module type") for pid in need_fallback}
 
+def _rows(
+    rows: dict[str, list[nn.Parameter]], cap: _Capture, fallback_sq: dict[int, torch.Tensor],
+    failed: dict[int, str], b: int, device: torch.device,
+) -> GhostNormResult:
+    """One row of squared norms per considered module (the sum over its parameters), with how its
+    weight was handled; modules with a failed parameter go to `unsupported`."""
     out_rows: list[torch.Tensor] = []
     names_out: list[str] = []
     methods: list[str] = []
+    unsupported: dict[str, str] = {}
     for name, ps in rows.items():
         bad = [failed[id(p)] for p in ps if id(p) in failed]
         if bad:
