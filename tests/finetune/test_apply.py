@@ -314,7 +314,7 @@ def test_sidecar_scores_choose_the_same_entries_as_local_gradients(tmp_path, mlp
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_threshold_equals_a_naive_sort(seed: int) -> None:
-    from reference_impl.apply import _threshold
+    from reference_impl.selection import _threshold
 
     g = torch.Generator().manual_seed(seed)
     # Heavy-tailed densities with ties and zeros, in tensors of different unit sizes, plus whole modules.
