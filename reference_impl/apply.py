@@ -45,7 +45,13 @@ from reference_impl.selection import (
     select,
     sidecar_scores,
 )
-from reference_impl.sparse_update import SparseEngine, SparseSelection, attach_sparse, patch_problem
+from reference_impl.sparse_update import (
+    SparseEngine,
+    SparseSelection,
+    attach_sparse,
+    index_dtype,
+    patch_problem,
+)
 
 UPDATE_FORMAT = "gradient-blueprints-update/2"
 #: Earlier update files stored sparse entries as deltas to add; they still load.
@@ -173,7 +179,8 @@ class BlueprintHandle:
         out: dict[str, torch.Tensor] = {}
         for e in self.sparse:
             out[f"{e.param_name}::values"] = e.selection.values.detach().to("cpu").contiguous()
-            out[f"{e.param_name}::indices"] = e.selection.indices.detach().to("cpu").contiguous()
+            sel = e.selection  # flat element positions (or rows), int32 where they fit
+            out[f"{e.param_name}::indices"] = sel.flat_indices().to("cpu", index_dtype(sel.units)).contiguous()
         for n, p in list(self.dense.items()) + list(self.unbound.items()):
             out[n] = p.detach().to("cpu").contiguous()
         return out

@@ -62,13 +62,13 @@ def matrix_values_grad(sel: SparseSelection, left: torch.Tensor, right: torch.Te
     for a0, a1, p0, p1 in sel.blocks:
         if active is None:  # consecutive rows a0..a1-1
             block = left[:, a0:a1].t().matmul(right)  # (a1 - a0) x cols, freed at the next iteration
-            local = sel.indices[p0:p1] - a0 * cols
+            row = sel._rows_of(a0, a1) - a0  # each entry's row within the block
         else:  # the block's rows with a selected entry, gathered
             rows = active[a0:a1]
             block = left.index_select(1, rows).t().matmul(right)
-            flat = sel.indices[p0:p1].to(torch.int64)
-            row = flat // cols
-            local = torch.searchsorted(rows, row) * cols + (flat - row * cols)
+            counts = sel.row_ptr[rows + 1] - sel.row_ptr[rows]  # type: ignore[index]
+            row = torch.repeat_interleave(torch.arange(int(rows.numel()), device=rows.device), counts)
+        local = row * cols + sel.indices[p0:p1]
         torch.index_select(block.view(-1), 0, local, out=grad[p0:p1])
         del block
     return grad.to(sel.values.dtype)
@@ -76,8 +76,9 @@ def matrix_values_grad(sel: SparseSelection, left: torch.Tensor, right: torch.Te
 
 def vector_values_grad(sel: SparseSelection, dense_grad: torch.Tensor) -> torch.Tensor:
     """The gradient of `sel`'s values from the (small) dense gradient of a 1-D tensor or a conv kernel."""
-    flat = dense_grad.reshape(-1) if sel.granularity == "element" else dense_grad
-    return flat.index_select(0, sel.indices).to(sel.values.dtype)
+    if sel.granularity == "row":
+        return dense_grad.index_select(0, sel.indices).to(sel.values.dtype)
+    return dense_grad.reshape(-1).index_select(0, sel.flat_indices()).to(sel.values.dtype)
 
 
 def embedding_values_grad(
@@ -100,7 +101,7 @@ def embedding_values_grad(
             grad[pos[hit]] = per_id[hit]
         return grad.to(sel.values.dtype)
     # Element granularity: the selected entries of the rows of the distinct ids, found through the
-    # selection's row pointers (sorted flat indices make each row's entries one contiguous run).
+    # selection's row pointers (each row's entries are one run, `indices` holds their columns).
     ptr = sel.row_ptr
     assert ptr is not None, "element selections of an Embedding have row pointers"
     starts = ptr[uniq]
@@ -111,7 +112,7 @@ def embedding_values_grad(
     which = torch.repeat_interleave(torch.arange(int(uniq.numel()), device=g.device), counts)
     offsets = torch.cumsum(counts, 0) - counts
     positions = torch.arange(total, device=g.device) - offsets[which] + starts[which]
-    cols = sel.indices.index_select(0, positions).to(torch.int64) - uniq[which] * dim
+    cols = sel.indices.index_select(0, positions).to(torch.int64)
     grad[positions] = per_id[which, cols]
     return grad.to(sel.values.dtype)
 

@@ -33,9 +33,8 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from reference_impl.sparse_kernels import SparseModuleFunction, block_rows, module_op, unsupported_reason
 
 INT32_MAX = 2**31 - 1
-#: Entries written back per chunk at most (index_put needs int64 indices: a chunk's copy stays
-#: small, at most an eighth of the selection's int32 indices' size, doubled).
-WRITE_CHUNK = 1 << 20
+#: Entries written back at once (index_put needs int64 positions: their temporary stays small).
+WRITE_CHUNK = 1 << 18
 GRANULARITIES = ("row", "element")
 #: At element granularity, backward forms only the rows holding a selected entry when they are at
 #: most this share of the weight's rows (gathering them costs a copy of their output gradients).
@@ -55,11 +54,23 @@ def unit_count(shape: torch.Size, granularity: str) -> int:
     return numel if granularity == "element" or len(shape) <= 1 else int(shape[0])
 
 
-class SparseSelection(nn.Module):
-    """The selected entries of one weight tensor: trainable `values` and their `indices`.
+def column_dtype(cols: int) -> torch.dtype:
+    """The smallest signed integer type that indexes `cols` columns (int16 for up to 32768)."""
+    if cols - 1 <= 2**15 - 1:
+        return torch.int16
+    return index_dtype(cols)
 
-    `granularity` is "element" (flat indices) or "row" (first-dimension indices; 1-D tensors are
-    always element). The weight is not registered here (it stays its module's parameter).
+
+class SparseSelection(nn.Module):
+    """The selected entries of one weight tensor: trainable `values` and where they are.
+
+    `granularity` is "element" or "row" (first-dimension slices; 1-D tensors are always element).
+    Rows: `indices` are the selected row numbers. Elements: the tensor is seen as rows x cols
+    (rows = its first dimension, 1 for a 1-D tensor) and the entries, sorted, are stored as
+    compressed rows: `row_ptr[r]:row_ptr[r + 1]` are row r's entries and `indices` their columns,
+    int16 where the rows are at most 32768 wide, so that an entry's index costs 2 bytes
+    (`flat_indices()` gives flat positions). The weight is not registered here (it stays its
+    module's parameter).
     """
 
     def __init__(self, weight: nn.Parameter, indices: torch.Tensor, granularity: str) -> None:
@@ -73,31 +84,65 @@ class SparseSelection(nn.Module):
         if idx.numel() and (int(idx[0]) < 0 or int(idx[-1]) >= units):
             raise IndexError(f"indices out of range for a tensor with {units} units")
         object.__setattr__(self, "_weight", weight)  # a plain reference: not a second registration
-        self.indices: torch.Tensor
-        self.register_buffer("indices", idx.to(index_dtype(units)))
-        with torch.no_grad():
-            self.values = nn.Parameter(self._gather(weight))
         self.row_ptr: torch.Tensor | None = None
         self.active_rows: torch.Tensor | None = None
-        self.blocks: list[tuple[int, int, int, int]] = []
-        if self.granularity == "element" and weight.dim() == 2:
-            self._index_rows(idx, int(weight.shape[0]), int(weight.shape[1]), weight.element_size())
+        self.blocks: list[tuple[int, int, int, int]] = []  # row blocks backward forms (matrices)
+        self.ranges: list[tuple[int, int, int, int]] = []  # row ranges written back at once
+        self.units = units
+        self.rows = int(self.shape[0]) if weight.dim() >= 2 else 1
+        self.cols = weight.numel() // self.rows if self.rows else 0
+        self.indices: torch.Tensor
+        if self.granularity == "row":
+            self.register_buffer("indices", idx.to(index_dtype(units)))
+            with torch.no_grad():
+                self.values = nn.Parameter(weight.detach().index_select(0, self.indices))
+        else:
+            self.register_buffer("indices", self._compress(idx))
+            with torch.no_grad():
+                self.values = nn.Parameter(weight.detach().reshape(-1).index_select(0, idx))
+            if weight.dim() == 2:
+                self._index_blocks(weight.element_size())
         self._synced = self.values._version
 
-    def _index_rows(self, idx: torch.Tensor, rows: int, cols: int, itemsize: int) -> None:
-        """Row pointers (CSR) of the sorted flat indices, and the row blocks backward forms.
+    def _compress(self, idx: torch.Tensor) -> torch.Tensor:
+        """Row pointers of the sorted flat indices and the write-back ranges; returns the columns."""
+        bounds = torch.arange(self.rows + 1, device=idx.device, dtype=torch.int64) * self.cols
+        self.row_ptr = torch.searchsorted(idx, bounds)
+        ptr = self.row_ptr.tolist()
+        self.ranges = _ranges(ptr, min(WRITE_CHUNK, max(4096, -(-int(idx.numel()) // 8))))
+        cols = torch.empty(idx.shape, dtype=column_dtype(self.cols), device=idx.device)
+        for r0, r1, p0, p1 in self.ranges:
+            cols[p0:p1] = idx[p0:p1] - self._rows_of(r0, r1) * self.cols
+        return cols
+
+    def _rows_of(self, r0: int, r1: int, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """The row of each entry of rows r0..r1-1 (or of the given rows, in order), int64."""
+        assert self.row_ptr is not None
+        which = rows if rows is not None else torch.arange(r0, r1, device=self.row_ptr.device)
+        counts = self.row_ptr[which + 1] - self.row_ptr[which]
+        return torch.repeat_interleave(which, counts)
+
+    def flat_indices(self) -> torch.Tensor:
+        """Flat positions of the selected elements (int64), or the selected rows."""
+        if self.granularity == "row":
+            return self.indices.to(torch.int64)
+        parts = [self._rows_of(r0, r1) * self.cols + self.indices[p0:p1] for r0, r1, p0, p1 in self.ranges]
+        return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64, device=self.indices.device)
+
+    def _index_blocks(self, itemsize: int) -> None:
+        """The row blocks backward forms for a matrix.
 
         When few rows hold a selected entry (at most COMPACT_SHARE of them), backward forms the
         gradient of those rows only (`active_rows`), in blocks of them; else it forms blocks of
         consecutive rows, skipping blocks without an entry. A block is (first, end, p0, p1): rows
         first..end-1 (of the weight, or of `active_rows`), entries p0..p1-1 of `indices`.
         """
-        bounds = torch.arange(rows + 1, device=idx.device, dtype=torch.int64) * cols
-        self.row_ptr = torch.searchsorted(idx, bounds)
+        assert self.row_ptr is not None
+        rows, cols = self.rows, self.cols
         ptr = self.row_ptr.tolist()
         active = [r for r in range(rows) if ptr[r + 1] > ptr[r]]
         if len(active) <= COMPACT_SHARE * rows:
-            self.active_rows = torch.tensor(active, dtype=torch.int64, device=idx.device)
+            self.active_rows = torch.tensor(active, dtype=torch.int64, device=self.row_ptr.device)
             step = block_rows(len(active), cols, itemsize)
             self.blocks = [(a0, min(a0 + step, len(active)), ptr[active[a0]], ptr[active[min(a0 + step, len(active)) - 1] + 1])
                            for a0 in range(0, len(active), step)]
@@ -114,11 +159,6 @@ class SparseSelection(nn.Module):
         w: nn.Parameter = self.__dict__["_weight"]
         return w
 
-    def _gather(self, weight: torch.Tensor) -> torch.Tensor:
-        if self.granularity == "row":
-            return weight.detach().index_select(0, self.indices)
-        return weight.detach().reshape(-1).index_select(0, self.indices)
-
     @property
     def selected_count(self) -> int:
         """Selected scalar entries (rows count their length)."""
@@ -128,7 +168,7 @@ class SparseSelection(nn.Module):
         """Share of the dense weight gradient's products that backward forms for this selection."""
         if self.granularity == "row":
             return int(self.indices.numel()) / int(self.shape[0]) if self.shape[0] else 0.0
-        if self.row_ptr is None:
+        if len(self.shape) != 2:
             return 1.0  # 1-D tensors and conv kernels: formed whole (they are small)
         rows = sum(r1 - r0 for r0, r1, _, _ in self.blocks)
         return rows / int(self.shape[0]) if self.shape[0] else 0.0
@@ -146,11 +186,8 @@ class SparseSelection(nn.Module):
             w.index_copy_(0, self.indices.to(torch.int64), v)
         else:
             flat = w.view(-1)
-            n = int(self.indices.numel())
-            chunk = min(WRITE_CHUNK, max(4096, -(-n // 8)))
-            for a in range(0, n, chunk):
-                b = min(a + chunk, n)
-                flat.index_put_((self.indices[a:b].to(torch.int64),), v[a:b])
+            for r0, r1, p0, p1 in self.ranges:  # index_put needs int64 positions: a range at a time
+                flat.index_put_((self._rows_of(r0, r1) * self.cols + self.indices[p0:p1],), v[p0:p1])
         self._synced = self.values._version
         return True
 
@@ -160,8 +197,24 @@ class SparseSelection(nn.Module):
         if self.granularity == "row":
             m[self.indices.long()] = True
         else:
-            m.view(-1)[self.indices.long()] = True
+            m.view(-1)[self.flat_indices()] = True
         return m
+
+
+def _ranges(ptr: list[int], most: int) -> list[tuple[int, int, int, int]]:
+    """Consecutive row ranges (r0, r1, p0, p1) of about `most` entries each (a longer row alone),
+    covering every row with an entry; p0..p1 are the entries of rows r0..r1-1."""
+    out: list[tuple[int, int, int, int]] = []
+    rows = len(ptr) - 1
+    r0 = 0
+    while r0 < rows:
+        r1 = r0 + 1
+        while r1 < rows and ptr[r1 + 1] - ptr[r0] <= most:
+            r1 += 1
+        if ptr[r1] > ptr[r0]:
+            out.append((r0, r1, ptr[r0], ptr[r1]))
+        r0 = r1
+    return out
 
 
 class ModulePatch:

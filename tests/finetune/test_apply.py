@@ -55,13 +55,14 @@ def test_optimizer_state_only_for_selected_entries(mlp: TinyMLP, granularity: st
     assert all(p.grad is None for p in mlp.parameters() if not p.requires_grad)
     b = h.trainable_state_bytes(opt)
     sels = [e.selection for e in h.sparse]
-    idx_bytes = sum(s.indices.numel() * 4 + sum(t.numel() * 8 for t in (s.row_ptr, s.active_rows) if t is not None)
-                    for s in sels)
+    idx_bytes = sum(s.indices.numel() * s.indices.element_size()
+                    + sum(t.numel() * 8 for t in (s.row_ptr, s.active_rows) if t is not None) for s in sels)
     assert b["parameters"] == 4 * h.selected_count and b["indices"] == idx_bytes
     assert b["gradients"] == 0  # _train zeroes them after the last step
     assert b["optimizer"] == 8 * h.selected_count + 4 * len(h.parameters())  # + AdamW's step scalars
     assert b["total"] == b["parameters"] + b["indices"] + b["optimizer"]
-    assert all(s.indices.dtype == torch.int32 for s in sels)
+    # Rows by int32 number; elements by int16 column within their row (2 bytes an entry).
+    assert all(s.indices.dtype == (torch.int32 if s.granularity == "row" else torch.int16) for s in sels)
 
 
 def test_unselected_weights_bit_identical_after_steps(mlp: TinyMLP) -> None:
@@ -300,8 +301,8 @@ def test_sidecar_scores_choose_the_same_entries_as_local_gradients(tmp_path, mlp
         b = apply_blueprint(copy.deepcopy(mlp), bp, budget=0.3, granularity=gran, local_batches=batches,
                             loss_fn=mlp_loss, blend=1.0)
         assert a.selected_count > 0
-        assert {e.param_name: e.selection.indices.tolist() for e in a.sparse} == {
-            e.param_name: e.selection.indices.tolist() for e in b.sparse
+        assert {e.param_name: e.selection.flat_indices().tolist() for e in a.sparse} == {
+            e.param_name: e.selection.flat_indices().tolist() for e in b.sparse
         }
     (tmp_path / "scores.safetensors").write_bytes((tmp_path / "scores.safetensors").read_bytes() + b" ")
     with pytest.raises(BlueprintError) as err:

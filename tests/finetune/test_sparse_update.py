@@ -70,7 +70,7 @@ def random_targets(model: nn.Module, granularity: str, share: float, seed: int =
 
 
 def gathered(sel: Any, dense: torch.Tensor) -> torch.Tensor:
-    idx = sel.indices.long()
+    idx = sel.flat_indices()
     return dense.index_select(0, idx) if sel.granularity == "row" else dense.reshape(-1).index_select(0, idx)
 
 
@@ -187,7 +187,7 @@ def test_weights_are_written_after_each_step_and_gradients_accumulate() -> None:
     assert not torch.equal(first, sel.values.grad)
     opt.step()
     # No forward since the step: the global step hook already wrote the new values into W.
-    torch.testing.assert_close(model.up.weight.detach().reshape(-1)[sel.indices.long()], sel.values.detach())
+    torch.testing.assert_close(model.up.weight.detach().reshape(-1)[sel.flat_indices()], sel.values.detach())
 
 
 @pytest.mark.parametrize("make", [
@@ -204,7 +204,7 @@ def test_every_optimizer_implementation_reaches_the_weights(make: Callable[[list
         opt.step()
         opt.zero_grad()
         for sel in engine.selections.values():
-            got = sel.weight.detach().reshape(-1).index_select(0, sel.indices.long())
+            got = sel.weight.detach().reshape(-1).index_select(0, sel.flat_indices())
             assert torch.equal(got, sel.values.detach())
 
 
