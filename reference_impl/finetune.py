@@ -16,6 +16,7 @@ import json
 import math
 import random
 import sys
+import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from blueprint_format.models import Precision
 from reference_impl.cli_common import DEVICES
 from reference_impl.config import choice, config_error, finite_float, fraction, positive_int
 from reference_impl.meter import Meter, StoppingRule
@@ -32,8 +34,9 @@ LOCAL_BATCHES = 4  # batches of the training data used for the local blend G~
 #: What `--task` accepts: "auto" is the model's own task (sequence classification for a base
 #: encoder given labelled data).
 TASKS = ("auto", "causal-lm", "sequence-classification")
-#: Training precisions: fp32 weights, bf16 weights, or fp32 weights under autocast.
-PRECISIONS = ("fp32", "bf16", "bf16-autocast", "fp16-autocast")
+#: The precisions of blueprint_format.models.Precision that training supports: fp32 weights, bf16
+#: weights, or fp32 weights under autocast (fp16 weights and fp64 would need a loss scaler / are pointless).
+PRECISIONS = tuple(p for p in typing.get_args(Precision) if p in ("fp32", "bf16", "bf16-autocast", "fp16-autocast"))
 
 
 @dataclass(frozen=True)
@@ -157,11 +160,6 @@ def evaluate(model: nn.Module, batches: Sequence[dict[str, Any]], device: torch.
         mean = loss_sum / count if count else float("nan")
         return {"eval_loss": mean, "perplexity": math.exp(min(mean, 700.0))}
     return {"accuracy": hits / count if count else float("nan")}
-
-
-def accuracy(model: nn.Module, batches: Sequence[dict[str, Any]], device: torch.device) -> float:
-    """Share of examples whose argmax logit equals the label."""
-    return evaluate(model, batches, device)["accuracy"]
 
 
 def psi_of(metrics: Mapping[str, float]) -> float:

@@ -3,7 +3,8 @@
 A selected tensor W stays where it is, frozen (requires_grad False), and keeps being the model's
 weight. Its selected entries get a `SparseSelection`: `values`, the only trainable tensor, holds
 the current values of those entries (one per selected element, or one row per selected row), and
-`indices` (int32 where the tensor fits, else int64, sorted) names them. Hence `values.grad` and
+small index tensors name them (row numbers; or, for elements, compressed rows: row pointers and
+int16 column numbers). Hence `values.grad` and
 every optimizer state (AdamW's exp_avg and exp_avg_sq) have the size of the selection, not of W,
 as in SIFT. After each optimizer step the new values are written into W in place, under no_grad
 (by a global optimizer step hook, and again before any forward that finds them changed): no
@@ -21,6 +22,7 @@ it, so backward never descends below the lowest trainable tensor.
 
 from __future__ import annotations
 
+import typing
 import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -30,12 +32,14 @@ import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
+from blueprint_format.models import SidecarGranularity
 from reference_impl.sparse_kernels import SparseModuleFunction, block_rows, module_op, unsupported_reason
 
 INT32_MAX = 2**31 - 1
 #: Entries written back at once (index_put needs int64 positions: their temporary stays small).
 WRITE_CHUNK = 1 << 18
-GRANULARITIES = ("row", "element")
+#: What a partly selected tensor can be (the granularities a score sidecar has, too).
+GRANULARITIES: tuple[str, ...] = typing.get_args(SidecarGranularity)
 #: At element granularity, backward forms only the rows holding a selected entry when they are at
 #: most this share of the weight's rows (gathering them costs a copy of their output gradients).
 COMPACT_SHARE = 0.75
