@@ -2,8 +2,10 @@
 
 Each configuration runs in a fresh subprocess, one at a time (so RSS figures do not mix):
 
-1. imports, the tokenizer and the calibration batches (chatterbot-corpus English utterances, one
-   domain per category) are ready: the process baseline RSS is read here;
+1. imports, the tokenizer, the calibration batches (chatterbot-corpus English utterances, one
+   domain per category) and the model's code are ready (the model class is built once on the
+   meta device, without weights: transformers' modeling code costs about 110 MB of RSS on its
+   own): the process baseline RSS is read here;
 2. the model is loaded (fp32, or bf16 with --dtype bf16) and the peak RSS counter (VmHWM) is reset
    (`/proc/self/clear_refs`), so the model loader's own transient peak is not counted;
 3. `compute_blueprint` runs; the peak RSS is read afterwards.
@@ -13,8 +15,13 @@ granularity, <= 2.1 at module granularity, for any number of domains). The `plai
 is the floor any gradient method pays: forward + backward of the same batches, weights plus
 gradients plus activations, with the gradients dropped after each batch.
 
-    python benchmarks/compute_memory.py [--domains 1 3] [--granularity module element] \
-        [--batch-size 8] [--seq-len 32] [--batches 4] [--dtype fp32] [--out benchmarks/results/compute_memory.json]
+    python benchmarks/compute_memory.py [--domains 1 3] [--granularity plain module element] \
+        [--batch-size 8] [--seq-len 32] [--batches 4] [--dtype fp32] [--mmap-threshold BYTES] \
+        [--out benchmarks/results/compute_memory.json]
+
+`--mmap-threshold` runs the children with MALLOC_MMAP_THRESHOLD_ set (glibc): tensors above that
+size are mapped and unmapped individually instead of being served from the heap, whose freed
+space glibc keeps (by default the threshold rises with the largest freed block, up to 32 MiB).
 
 Memory only: the figures do not depend on machine load (timings are not reported).
 """
@@ -62,7 +69,7 @@ def _batches(tokenizer: Any, category: str, batch_size: int, seq_len: int, n_bat
 def worker(args: argparse.Namespace) -> dict[str, Any]:
     """One measurement in this process (see the module docstring)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from benchmarks.real_models import smollm2_folder
     from reference_impl.compute import ComputeConfig, compute_blueprint
@@ -75,6 +82,8 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         tokenizer.pad_token = tokenizer.eos_token
     n_domains = args.domains[0]
     data = {c: _batches(tokenizer, c, args.batch_size, args.seq_len, args.batches) for c in CATEGORIES[:n_domains]}
+    with torch.device("meta"):  # the model's code, without weights
+        AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder, local_files_only=True))
     baseline = _status_kib("VmRSS")
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, use_safetensors=True, dtype=dtype)
@@ -100,6 +109,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         "baseline_mib": baseline / 1024, "after_load_mib": loaded / 1024, "peak_mib": peak / 1024,
         "fp32_weight_mib": weight_bytes_fp32 / 2**20,
         "peak_over_baseline_x_weights": (peak - baseline) * 1024 / weight_bytes_fp32,
+        "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_"),
     }
 
 
@@ -112,7 +122,10 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=4, help="batches per domain")
     ap.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--mmap-threshold", type=int, default=None, metavar="BYTES",
+                    help="run the children with MALLOC_MMAP_THRESHOLD_=BYTES (glibc)")
     ap.add_argument("--out", default=None, help="also write the results as JSON here")
+    ap.add_argument("--append", action="store_true", help="add to the rows already in --out")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -125,6 +138,8 @@ def main() -> None:
                    "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len), "--batches",
                    str(args.batches), "--dtype", args.dtype, "--threads", str(args.threads)]
             env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+            if args.mmap_threshold is not None:
+                env["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False, cwd=ROOT)
             if proc.returncode != 0:
                 raise SystemExit(proc.stderr[-3000:])
@@ -134,7 +149,9 @@ def main() -> None:
                   f"peak {row['peak_mib']:.0f} MiB, (peak - baseline) / fp32 weights = "
                   f"{row['peak_over_baseline_x_weights']:.2f}", flush=True)
     if args.out:
-        Path(args.out).write_text(json.dumps(rows, indent=2) + "\n")
+        out = Path(args.out)
+        old = json.loads(out.read_text()) if args.append and out.is_file() else []
+        out.write_text(json.dumps(old + rows, indent=2) + "\n")
 
 
 if __name__ == "__main__":

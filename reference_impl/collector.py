@@ -121,13 +121,11 @@ class GradientCollector:
             self._hook_parameters(model)
 
     def _hook_parameters(self, model: torch.nn.Module | None) -> None:
-        targets: list[tuple[int, torch.nn.Parameter, bool]] = [(j, p, False) for j, p in enumerate(self.params)]
         if model is not None:
-            self._embeddings = EmbeddingGrads(model, self.params, self._take, self._add_sq)
-            targets += [(j, alias, True) for j, alias in self._embeddings.aliases]
+            self._embeddings = EmbeddingGrads(model, self.params, self._take, self._add_sq, self._add_rows)
         self._handles = [
-            p.register_post_accumulate_grad_hook(self._hook(j, alias))  # type: ignore[no-untyped-call]
-            for j, p, alias in targets
+            p.register_post_accumulate_grad_hook(self._hook(j))  # type: ignore[no-untyped-call]
+            for j, p in enumerate(self.params)
         ]
 
     def close(self) -> None:
@@ -149,18 +147,28 @@ class GradientCollector:
         self._batch_ids: list[int] = []
         self._reached = [False] * len(self.params)
 
-    def _hook(self, j: int, alias: bool) -> Callable[[torch.Tensor], None]:
+    def _hook(self, j: int) -> Callable[[torch.Tensor], None]:
         def hook(p: torch.Tensor) -> None:
             g = p.grad
             p.grad = None  # the gradient lives on only as part of the running sum
             if g is None:
                 return
             if self._embeddings is not None and j in self._embeddings.pairs:
-                self._embeddings.parts(j, g, alias)
+                self._embeddings.parts(j, g)
             else:
                 self._take(j, g)
 
         return hook
+
+    def _add_rows(self, j: int, start: int, block: torch.Tensor) -> None:
+        """Add rows start.. of parameter j's gradient (a tied head's part, see embedding_grads)."""
+        if self._sums[j] is None:
+            self._sums[j] = torch.zeros_like(self.params[j], dtype=self._sum_dtype[j],
+                                             memory_format=torch.contiguous_format)
+        s = self._sums[j]
+        assert s is not None
+        s[start : start + block.shape[0]].add_(block)
+        self._reached[j] = True
 
     def _add_sq(self, j: int, value: torch.Tensor) -> None:
         """Add a cross term of a parameter's parts to its squared norm of the batch."""

@@ -159,3 +159,20 @@ def test_module_granularity_rules(tiny_net: TinyNet) -> None:
         assert bf.validate(bp) == []
         assert all(m.k_star in (None, 1.0) for m in bp.modules)
         assert bp.allocation.rule.name == rule.name
+
+
+def test_tied_llama_matches_naive_and_model_is_given_back() -> None:
+    """SmolLM2's architecture (RMSNorm, tied input/output embedding): the shared table's norms,
+    assembled from the head's blocks, the sparse embedding part and their cross term, equal the
+    naive ones; afterwards the model is unchanged (head forward, dense embedding gradients)."""
+    from tests.compute.conftest import tiny_llama
+
+    model = tiny_llama()
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    data = {"a": token_batches(8, 3, size=4), "b": token_batches(9, 2, size=4)}
+    bp = compute_blueprint(model, data, causal_lm_loss, created=CREATED, min_examples_per_aggregate=8)
+    assert "forward" not in model.lm_head.__dict__ and not model.model.embed_tokens.sparse
+    assert all(p.grad is None for p in model.parameters())
+    mods = _module_params(model)
+    naive = {d: naive_domain_stats(model, b, causal_lm_loss, mods) for d, b in data.items()}
+    _check_against_naive(bp, naive, {"a": 0.5, "b": 0.5})
