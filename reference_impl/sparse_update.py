@@ -88,8 +88,11 @@ class SparseSelection(nn.Module):
         if idx.numel() and (int(idx[0]) < 0 or int(idx[-1]) >= units):
             raise IndexError(f"indices out of range for a tensor with {units} units")
         object.__setattr__(self, "_weight", weight)  # a plain reference: not a second registration
-        self.row_ptr: torch.Tensor | None = None
-        self.active_rows: torch.Tensor | None = None
+        # Buffers, so that moving the model moves them; not saved (they follow from `indices`).
+        self.row_ptr: torch.Tensor | None
+        self.active_rows: torch.Tensor | None
+        self.register_buffer("row_ptr", None, persistent=False)
+        self.register_buffer("active_rows", None, persistent=False)
         self.blocks: list[tuple[int, int, int, int]] = []  # row blocks backward forms (matrices)
         self.ranges: list[tuple[int, int, int, int]] = []  # row ranges written back at once
         self.units = units
