@@ -20,16 +20,28 @@ Two phases, each arm in its own process with one torch thread (CPU), arms interl
 * cost: one warm-up step (it creates the optimizer state), then TIMING_STEPS timed steps; peak
   memory of the timed steps (CPU: VmHWM reset after the warm-up, so the arm's own working set;
   CUDA: torch.cuda.max_memory_allocated, with CUDA events for the step times), the process
-  baseline (libraries, frozen model, data) and the trainable state. `--rounds` repeats the
-  interleaved round; the report takes the median step time and the largest peak;
+  baseline (libraries, frozen model, data) and the trainable state. On CPU the step's process
+  CPU time is reported beside its wall time: at one thread it is the work done, whatever else
+  runs on the machine. `--rounds` repeats the interleaved round; the report takes the median
+  step time and the largest peak;
 * quality: each arm trains `--steps` steps at every learning rate of `--lr-grid` on the dev
   split, then at the best one on the eval split; mean token loss and perplexity on the split.
 
-Run (CPU, alone on the machine): `HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/finetune_causal.py --phase cost`
-(about 15-25 minutes at one thread), `--phase quality` (long on CPU: steps x arms x grid; see
---help); on a CUDA machine add `--device cuda` (bf16 autocast). `--tiny` is a smoke run of a few
-seconds per arm on a slice of the data (results under benchmarks/output/). Results:
-benchmarks/results/finetune_causal{,_cuda}.{md,json,png}.
+Run it alone on the machine (the blueprint is computed once, about 5-10 minutes, and cached
+under benchmarks/output/finetune_causal/):
+
+* CPU cost: `HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/finetune_causal.py --phase cost`
+  (8 arms x 2 rounds at one thread, each about 2 minutes: about 40 minutes);
+* CPU quality is long: a 200-step run takes about 45 minutes at one thread, so the full grid
+  (6 arms x 3 rates + 6 finals) is a day; a reduced one: `--phase quality --steps 100 --seq-len 64
+  --lr-grid 1e-4,3e-4 --jobs 2` (two runs at a time, about 3 hours on 2 cores);
+* CUDA (bf16 autocast, CUDA events, max_memory_allocated): `--device cuda --phase all`, or for a
+  few minutes `--device cuda --phase cost --rounds 1` and `--device cuda --phase quality
+  --lr-grid 1e-4,3e-4 --arms "full,blueprint element,random element,LoRA (element ranks)"`.
+
+`--tiny` is a smoke run on a slice of the data (batch 2 x seq 32, one step, one rate; a minute or
+two per arm on a loaded CPU, mostly loading the model), written under benchmarks/output/.
+Results: benchmarks/results/finetune_causal{,_cuda}.{md,json,png}.
 """
 
 from __future__ import annotations
@@ -252,7 +264,7 @@ def run_cost(spec: dict[str, Any]) -> dict[str, Any]:
     else:
         release_free_memory()  # what the selection and the warm-up freed is not this arm's working set
         reset_peak_rss()
-    times = []
+    times, cpu_times = [], []
     for i in range(int(spec["timing_steps"])):
         b = to_device(batches[(i + 1) % len(batches)], dev)
         if cuda:
@@ -263,12 +275,13 @@ def run_cost(spec: dict[str, Any]) -> dict[str, Any]:
             torch.cuda.synchronize()
             times.append(start.elapsed_time(end) / 1000.0)
         else:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             step(b)
             times.append(time.perf_counter() - t0)
+            cpu_times.append(time.process_time() - c0)  # robust to other processes' load at one thread
     state = _state_bytes(params, opt, handle)
     peak = int(torch.cuda.max_memory_allocated()) if cuda else peak_rss_bytes()
-    return {"step_times_s": times, "peak_bytes": peak, "baseline_bytes": baseline, "trainable_state_bytes": state,
+    return {"step_times_s": times, "step_cpu_s": cpu_times, "peak_bytes": peak, "baseline_bytes": baseline, "trainable_state_bytes": state,
             "trainable_params": sum(int(p.numel()) for p in params),
             "selected_fraction": handle.trainable_fraction if handle is not None else None}
 
@@ -347,19 +360,28 @@ def cost_phase(base: dict[str, Any], arms: list[str], rounds: int, results: list
             report()
 
 
-def quality_phase(base: dict[str, Any], paths: dict[str, str], arms: list[str], grid: list[float],
-                  results: list[dict[str, Any]], report: Any) -> None:
-    for lr in grid:  # the dev search, interleaved across arms
-        for name in arms:
-            results.append(spawn({**base, **ARMS[name], "name": name, "phase": "quality", "lr": lr, "split": "dev",
-                                  "split_path": paths["dev"]}))
+def _spawn_all(specs: list[dict[str, Any]], jobs: int, results: list[dict[str, Any]], report: Any) -> None:
+    """Run the specs, `jobs` processes at a time (quality only: its figures do not depend on timing)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        for out in pool.map(spawn, specs):
+            results.append(out)
             report()
+
+
+def quality_phase(base: dict[str, Any], paths: dict[str, str], arms: list[str], grid: list[float], jobs: int,
+                  results: list[dict[str, Any]], report: Any) -> None:
+    common = {**base, "phase": "quality"}
+    dev_specs = [{**common, **ARMS[name], "name": name, "lr": lr, "split": "dev", "split_path": paths["dev"]}
+                 for lr in grid for name in arms]  # the dev search, interleaved across arms
+    _spawn_all(dev_specs, jobs, results, report)
+    finals = []
     for name in arms:
         dev = [r for r in results if r["phase"] == "quality" and r["name"] == name and r["split"] == "dev"]
         best = min(dev, key=lambda r: (r["eval_loss"], r["lr"]))["lr"]
-        results.append(spawn({**base, **ARMS[name], "name": name, "phase": "quality", "lr": best, "split": "eval",
-                              "split_path": paths["eval"]}))
-        report()
+        finals.append({**common, **ARMS[name], "name": name, "lr": best, "split": "eval", "split_path": paths["eval"]})
+    _spawn_all(finals, jobs, results, report)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -369,6 +391,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per arm (CPU)")
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the cost phase")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="quality runs at a time (each with --threads threads; the cost phase always runs one)")
     ap.add_argument("--timing-steps", type=int, default=TIMING_STEPS)
     ap.add_argument("--steps", type=int, default=200, help="training steps per quality run")
     ap.add_argument("--lr-grid", default=",".join(f"{x:g}" for x in LR_GRID))
@@ -402,7 +426,8 @@ def main(argv: list[str] | None = None) -> int:
         cost_phase(base, chosen or list(ARMS), args.rounds, results, report)
     if args.phase in ("quality", "all"):
         grid = [float(x) for x in args.lr_grid.split(",")]
-        quality_phase(base, paths, [a for a in (chosen or QUALITY_ARMS) if a in QUALITY_ARMS], grid, results, report)
+        arms = [a for a in (chosen or QUALITY_ARMS) if a in QUALITY_ARMS]
+        quality_phase(base, paths, arms, grid, args.jobs, results, report)
     print(write_report(results, args, time.perf_counter() - t0, name))
     return 0
 
@@ -414,14 +439,17 @@ def main(argv: list[str] | None = None) -> int:
 def _cost_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows: dict[str, dict[str, Any]] = {}
     for r in (r for r in results if r["phase"] == "cost"):
-        row = rows.setdefault(r["name"], {"name": r["name"], "times": [], "peaks": [], "above": []})
+        row = rows.setdefault(r["name"], {"name": r["name"], "times": [], "cpu": [], "peaks": [], "above": []})
         row["times"].append(statistics.median(r["step_times_s"]))
+        if r.get("step_cpu_s"):
+            row["cpu"].append(statistics.median(r["step_cpu_s"]))
         row["peaks"].append(r["peak_bytes"])
         row["above"].append(r["peak_bytes"] - r["baseline_bytes"])
         row.update(state=r["trainable_state_bytes"], params=r["trainable_params"])
     out = []
     for row in rows.values():
-        out.append({"name": row["name"], "step_s": statistics.median(row["times"]), "peak": max(row["peaks"]),
+        out.append({"name": row["name"], "step_s": statistics.median(row["times"]),
+                    "cpu_s": statistics.median(row["cpu"]) if row["cpu"] else float("nan"), "peak": max(row["peaks"]),
                     "above": max(row["above"]), "state": row["state"], "params": row["params"],
                     "runs": len(row["times"])})
     return out
@@ -440,12 +468,13 @@ def write_report(results: list[dict[str, Any]], args: Any, elapsed: float, name:
     cost = _cost_rows(results)
     full = next((r for r in cost if r["name"] == "full"), None)
     if cost and full is not None:
-        lines += [f"| arm | runs | step s | step / full | {mem} MiB | / full | above baseline MiB | / full | "
-                  "trainable state MiB | / full | trainable params |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| arm | runs | step s | step / full | step CPU s | / full | {mem} MiB | / full | "
+                  "above baseline MiB | / full | trainable state MiB | / full | trainable params |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in cost:
             lines.append(
                 f"| {r['name']} | {r['runs']} | {r['step_s']:.3f} | {r['step_s'] / full['step_s']:.2f} | "
+                f"{r['cpu_s']:.2f} | {r['cpu_s'] / full['cpu_s']:.2f} | "
                 f"{r['peak'] / 2**20:.0f} | {r['peak'] / full['peak']:.2f} | {r['above'] / 2**20:.0f} | "
                 f"{r['above'] / full['above']:.2f} | {r['state'] / 2**20:.1f} | {r['state'] / full['state']:.3f} | "
                 f"{r['params']:,} |")
