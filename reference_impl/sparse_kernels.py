@@ -275,6 +275,13 @@ class SparseModuleFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        # The products run in the output gradient's dtype, chosen here: an autocast context that
+        # is still active (backward called inside it, on the CPU's own thread) must not recast them.
+        with torch.autocast(g.device.type, enabled=False):
+            return SparseModuleFunction._backward(ctx, g)
+
+    @staticmethod
+    def _backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, w = ctx.saved_tensors
         patch = ctx.patch
         op, module = patch.op, patch.module

@@ -210,3 +210,29 @@ def test_bad_input_is_one_coded_line_and_writes_nothing(
 def _write(path: Path, text: str) -> Path:
     path.write_text(text, encoding="utf-8")
     return path
+
+
+def test_train_under_bf16_autocast_moves_only_the_selection(llama: dict[str, Path]) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from blueprint_format.api import load
+    from reference_impl.apply import apply_blueprint
+    from reference_impl.finetune import FinetuneConfig, train
+
+    tok = AutoTokenizer.from_pretrained(llama["model"])
+    model = AutoModelForCausalLM.from_pretrained(llama["model"])
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    batches = causal_lm_batches(read_examples(llama["train"]), tok, 4, 16).batches
+    handle = apply_blueprint(model, load(llama["bp"]), budget=0.3, granularity="row", local_batches=batches[:2],
+                             model_path=llama["model"])
+    cfg = FinetuneConfig(max_steps=3, lr=3e-2, dtype="bf16-autocast", device="cpu", progress=False)
+    result = train(model, handle.parameters(), batches, batches[:2], cfg, handle=handle)
+    assert math.isfinite(result.metrics["eval_loss"]) and result.steps == 3
+    masks = {e.param_name: e.selection.mask() for e in handle.sparse}
+    assert masks
+    for name, p in model.named_parameters():
+        if name in masks:
+            assert torch.equal(p[~masks[name]], before[name][~masks[name]])
+            assert not torch.equal(p[masks[name]], before[name][masks[name]])
+        elif name in before and name not in handle.dense:
+            assert torch.equal(p, before[name]), name
