@@ -107,7 +107,7 @@ def pack(texts: list[str], tok: Any, limit: int) -> list[str]:
     return out
 
 
-def prepare(tiny: bool) -> dict[str, str]:
+def prepare(tiny: bool, device: str = "cpu") -> dict[str, str]:
     """Write the splits and compute the blueprint (once); returns their paths."""
     from transformers import AutoTokenizer
 
@@ -132,12 +132,14 @@ def prepare(tiny: bool) -> dict[str, str]:
         paths[name] = str(p)
     bp = out / "blueprint.json"
     if not bp.exists():
-        _compute_blueprint(folder, Path(paths["train"]), bp, 2 if tiny else 16, (2, 32) if tiny else (BATCH, SEQ_LEN))
+        _compute_blueprint(folder, Path(paths["train"]), bp, 2 if tiny else 16, (2, 32) if tiny else (BATCH, SEQ_LEN),
+                           device)
     paths["blueprint"] = str(bp)
     return paths
 
 
-def _compute_blueprint(folder: Path, train: Path, out: Path, max_batches: int, shape: tuple[int, int]) -> None:
+def _compute_blueprint(folder: Path, train: Path, out: Path, max_batches: int, shape: tuple[int, int],
+                       device: str) -> None:
     """The publisher's side: an element-granularity blueprint with an element score sidecar."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -154,7 +156,7 @@ def _compute_blueprint(folder: Path, train: Path, out: Path, max_batches: int, s
     t0 = time.perf_counter()
     bp = compute_blueprint(
         model, {"chatterbot": batches}, model_path=folder, model_name="HuggingFaceTB/SmolLM2-135M-Instruct",
-        device="cpu", granularity="element", min_examples_per_aggregate=min(32, batch * len(batches)),
+        device=device, granularity="element", min_examples_per_aggregate=min(32, batch * len(batches)),
         batch_size=batch, seq_len=seq_len, sidecar=out.with_suffix(".scores.safetensors"),
         sidecar_granularity="element",
     )
@@ -412,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     args.batch = args.batch or (2 if args.tiny else BATCH)
     args.seq_len = args.seq_len or (32 if args.tiny else SEQ_LEN)
     t0 = time.perf_counter()
-    paths = prepare(args.tiny)
+    paths = prepare(args.tiny, args.device)
     dtype = "bf16-autocast" if args.device == "cuda" else "fp32"
     base = {**paths, "device": args.device, "dtype": dtype, "threads": args.threads,
             "timing_steps": args.timing_steps, "steps": args.steps, "batch": args.batch, "seq_len": args.seq_len}
