@@ -190,8 +190,8 @@ def data_selection_section(results: Path) -> list[str]:
              "Each band keeps the share q of the pool by the untrained model's per-example gradient norms (top: "
              "highest, middle: ranks around the median, lowest), trained with all parameters for the same epochs as "
              "full fine-tuning on all data; performance = gain / full fine-tuning's gain. The claim holds when the "
-             "top band beats the random band of the same size beyond the seed noise (paired by seed, 2 standard "
-             "errors).", ""]
+             "top band beats the random band of the same size beyond the seed noise (a paired t-test over the seeds "
+             "at the 5% level).", ""]
     doc, path = _load(results, "data_selection.json", "data_selection")
     summary = _dict_rows(doc, "summary") if doc else []
     models = sorted({str(s["model"]) for s in summary if s.get("k") == 1.0})
