@@ -43,6 +43,7 @@ benchmarks/output/data_selection/tiny/).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import statistics
@@ -93,8 +94,10 @@ def prepare(name: str, settings: dict[str, Any], folder: Path, blueprint: bool) 
     paths = {"pool": str(folder / "pool.jsonl"), "eval": str(folder / "eval.jsonl")}
     write_jsonl(Path(paths["pool"]), pool)
     write_jsonl(Path(paths["eval"]), held)
-    if blueprint:
-        bp = folder / "blueprint.json"
+    if blueprint:  # cached per calibration data and shape: a changed pool or --set gets its own
+        made_of = {k: settings[k] for k in ("batch", "seq_len", "bp_batches")}
+        key = hashlib.sha256(Path(paths["pool"]).read_bytes() + json.dumps(made_of).encode()).hexdigest()[:12]
+        bp = folder / f"blueprint-{key}.json"
         if not bp.exists():
             t0 = time.perf_counter()
             compute_publisher_blueprint({"model": name, **settings, **paths}, bp)
