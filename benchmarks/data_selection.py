@@ -29,8 +29,9 @@ torch threads, arms interleaved within a seed; a band is told from noise by the 
 difference to the random band of the same seed (mean, sd, and whether a paired t-test over the
 seeds rejects "no difference" at the 5% level, two-sided).
 
-Run (alone on the machine, one torch thread per arm; 3 seeds; estimated from the FLOPs at about
-50 GFLOP/s per thread, not measured: MiniLM about 50 minutes, SmolLM2 about 3 hours):
+Run (alone on the machine, one torch thread per arm, 3 seeds; estimated from the counted FLOPs at
+25-50 GFLOP/s per thread, not measured: MiniLM 35-70 minutes, SmolLM2 2-4 hours, a third less
+with `--seeds 2`, about half with `--set smollm2.epochs=1`):
 `HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/data_selection.py`. Writes
 benchmarks/results/data_selection.{json,md,png}, rewritten after every arm. `--models minilm` or
 `--models smollm2` runs one model and keeps the other model's rows of the results file it
