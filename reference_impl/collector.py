@@ -191,8 +191,8 @@ class GradientCollector:
             self._sums[j] = g.to_dense().to(self._sum_dtype[j])
         elif g.dtype == self._sum_dtype[j] and g.is_contiguous() and g._base is None:
             self._sums[j] = g  # the first batch's gradient becomes the sum (nobody else holds it)
-        else:
-            self._sums[j] = g.to(self._sum_dtype[j], memory_format=torch.contiguous_format)
+        else:  # a copy: a view may belong to someone else's buffer (FSDP's reduce-scatter output)
+            self._sums[j] = g.to(self._sum_dtype[j], memory_format=torch.contiguous_format, copy=True)
 
     def _sq_norm(self, t: torch.Tensor) -> torch.Tensor:
         """Squared L2 norm: the norm taken in the norm dtype, squared in the accumulation dtype."""
