@@ -441,11 +441,13 @@ def main(argv: list[str] | None = None) -> int:
     rows = _reused(args.reuse, meta) if args.reuse else []
     rows += _other_models(dest.with_suffix(".json"), meta)
 
+    scoring: dict[str, dict[str, Any]] = {}  # scores file -> cost of its pass, modules left out
+    meta["scoring"] = scoring
+
     def report() -> None:
         meta["wall_s"] = time.perf_counter() - t0
         write_report(rows, meta, dest)
 
-    scoring: dict[str, dict[str, Any]] = {}
     for seed in range(args.seeds):
         for name in models:
             ks = [1.0, args.k] if name in combined else [1.0]
