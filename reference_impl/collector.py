@@ -6,8 +6,8 @@ scores that rank elements within a module). How the gradients are read depends o
 
 * "stream" (one process, or a plain process group where each process takes its own batches): a
   post-accumulate-grad hook on every trainable parameter takes the batch's gradient the moment
-  backward has produced it, records its squared norm, adds it into the parameter's running sum
-  (the first batch's gradient simply becomes the sum) and frees it. So at most a few gradients
+  backward has produced it, records its squared norm (accumulated in float64), adds it into the
+  parameter's running sum (the first batch's gradient simply becomes the sum) and frees it. So at most a few gradients
   exist at once and the model-sized memory is the weights plus one running sum, in float32
   (float64 for float64 weights) whatever the weights' dtype: half and bfloat16 weights get
   float32 accumulation. An embedding's sparse gradient is added as it is.
@@ -102,8 +102,10 @@ class GradientCollector:
         self._owner = torch.tensor(owner, dtype=torch.long, device=device)
         self._owner_list = owner
         self._acc_dtype = torch.float32 if device.type == "mps" else torch.float64
-        # Norms are taken in float32 (widening half/bfloat16 gradients) unless the model is float64.
-        self._norm_dtype = torch.float64 if any(p.dtype == torch.float64 for p in self.params) else torch.float32
+        # Norms accumulate in float64 (float32 on MPS, which has none), whatever the gradients'
+        # dtype: a float32 sum of squares over a tensor of tens of millions of elements is off by
+        # ~1e-4 relative (SmolLM2's embedding), more than the shards of a sharded run may differ by.
+        self._norm_dtype = self._acc_dtype
         self._sum_dtype = [torch.float64 if p.dtype == torch.float64 else torch.float32 for p in self.params]
         self.total_elements = sum(int(p.numel()) for p in self.params)  # global counts, also for DTensors
         self.exact = self.total_elements <= exact_limit
@@ -195,7 +197,7 @@ class GradientCollector:
             self._sums[j] = g.to(self._sum_dtype[j], memory_format=torch.contiguous_format, copy=True)
 
     def _sq_norm(self, t: torch.Tensor) -> torch.Tensor:
-        """Squared L2 norm: the norm taken in the norm dtype, squared in the accumulation dtype."""
+        """Squared L2 norm, accumulated in the norm dtype."""
         n: torch.Tensor = torch.linalg.vector_norm(t, dtype=self._norm_dtype).to(self._acc_dtype)
         return n * n
 

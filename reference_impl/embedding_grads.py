@@ -93,10 +93,11 @@ class _TiedPair:
         """The head's weight gradient dY^T X (gy: tokens x vocabulary, x: tokens x width), added
         to the running sum block by block, with its squared norm and its rows at the batch's ids."""
         step = max(1, BLOCK // max(1, x.shape[1]))
-        sq = torch.zeros((), dtype=torch.float64, device=gy.device)
+        wide = torch.float32 if gy.device.type == "mps" else torch.float64
+        sq = torch.zeros((), dtype=wide, device=gy.device)
         for start in range(0, gy.shape[1], step):
             block = gy[:, start : start + step].T.matmul(x.to(gy.dtype))
-            sq += torch.linalg.vector_norm(block, dtype=torch.float32).to(torch.float64).square()
+            sq += torch.linalg.vector_norm(block, dtype=torch.float32).to(wide).square()
             self.add_rows(start, block)
         self.add_sq(sq)
         rows = gy.T.matmul(x.to(gy.dtype)) if self.ids is None else gy[:, self.ids].T.matmul(x.to(gy.dtype))
@@ -127,7 +128,8 @@ class _TiedPair:
             self._add(head_rows, emb.index_select(0, self.ids))
 
     def _add(self, a: torch.Tensor, b: torch.Tensor) -> None:
-        dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)
+        # In float64 (float32 on MPS, which has none): the cross term may cancel much of the rest.
+        dtype = torch.float32 if a.device.type == "mps" else torch.float64
         self.add_sq(2.0 * (a.to(dtype) * b.to(dtype)).sum())
 
     def close(self) -> None:
