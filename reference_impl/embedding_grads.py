@@ -97,7 +97,7 @@ class _TiedPair:
         sq = torch.zeros((), dtype=wide, device=gy.device)
         for start in range(0, gy.shape[1], step):
             block = gy[:, start : start + step].T.matmul(x.to(gy.dtype))
-            sq += torch.linalg.vector_norm(block, dtype=torch.float32).to(wide).square()
+            sq += torch.linalg.vector_norm(block, dtype=wide).square()
             self.add_rows(start, block)
         self.add_sq(sq)
         rows = gy.T.matmul(x.to(gy.dtype)) if self.ids is None else gy[:, self.ids].T.matmul(x.to(gy.dtype))
