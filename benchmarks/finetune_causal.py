@@ -339,7 +339,7 @@ def spawn(spec: dict[str, Any]) -> dict[str, Any]:
     if proc.returncode != 0:
         raise RuntimeError(f"arm {spec['name']} failed:\n{proc.stderr[-3000:]}")
     out: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    out.update({k: spec[k] for k in ("name", "phase", "lr", "split") if k in spec})
+    out.update({k: spec[k] for k in ("name", "phase", "lr", "split", "steps", "batch", "seq_len") if k in spec})
     out["process_s"] = time.perf_counter() - t0
     brief = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.items()
              if k in ("step_times_s", "peak_bytes", "eval_loss", "perplexity", "lr", "split")}
@@ -404,6 +404,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--arms", default=None, help="comma-separated arm names (default: all of the phase)")
     ap.add_argument("--batch", type=int, default=None, help=f"examples per batch (default {BATCH}; --tiny: 2)")
     ap.add_argument("--seq-len", type=int, default=None, help=f"tokens per example (default {SEQ_LEN}; --tiny: 32)")
+    ap.add_argument("--reuse", type=Path, default=None, metavar="JSON",
+                    help="keep the rows of an earlier results file for the phases this run does not do "
+                         "(e.g. quality rows measured earlier, beside a new cost phase)")
     ap.add_argument("--tiny", action="store_true",
                     help="smoke run: a slice of the data, batch 2 x seq 32, 2 steps, one round, one learning rate")
     args = ap.parse_args(argv)
@@ -421,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     chosen = args.arms.split(",") if args.arms else None
     if chosen is None or "LoRA (element ranks)" in chosen:
         base["selection"] = lora_selection(paths)
-    results: list[dict[str, Any]] = []
+    results = _reused_rows(args.reuse, args.phase)
     name = "finetune_causal" + ("_tiny" if args.tiny else "") + ("_cuda" if args.device == "cuda" else "")
 
     def report() -> None:
@@ -439,6 +442,15 @@ def main(argv: list[str] | None = None) -> int:
 
 # ----------------------------------------------------------------------------------------------
 # report
+
+
+def _reused_rows(path: Path | None, phase: str) -> list[dict[str, Any]]:
+    """Rows of an earlier results file whose phase this run does not redo."""
+    if path is None:
+        return []
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    redo = {"cost", "quality"} if phase == "all" else {phase}
+    return [r for r in doc["results"] if r.get("phase") not in redo]
 
 
 def _cost_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -492,7 +504,11 @@ def write_report(results: list[dict[str, Any]], args: Any, elapsed: float, name:
     quality = [r for r in results if r["phase"] == "quality" and r.get("split") == "eval"]
     qfull = next((r for r in quality if r["name"] == "full"), None)
     if quality:
-        lines += [f"Quality after {args.steps} steps, learning rate per arm from {args.lr_grid} on the dev split:", "",
+        steps = sorted({r.get("steps", args.steps) for r in quality})
+        grid = sorted({r["lr"] for r in results if r["phase"] == "quality" and r.get("split") == "dev"})
+        lines += [f"Quality after {'/'.join(str(s) for s in steps)} steps at batch {quality[0].get('batch', args.batch)} "
+                  f"x seq {quality[0].get('seq_len', args.seq_len)}, learning rate per arm from "
+                  f"{', '.join(f'{x:g}' for x in grid)} on the dev split:", "",
                   "| arm | lr | eval loss | / full | perplexity | initial loss |", "|---|---|---|---|---|---|"]
         for r in quality:
             ratio = f"{r['eval_loss'] / qfull['eval_loss']:.3f}" if qfull else "-"
