@@ -41,7 +41,14 @@ from reference_impl.embedding_grads import EmbeddingGrads
 from reference_impl.model_binding import BoundModule
 from reference_impl.score_store import CombinedScores
 from reference_impl.sharded import all_reduce_, distributed, gather_values, is_dtensor, local
-from reference_impl.sketch import GainCurve, curve_from_histogram, exact_curve, histogram, row_curve
+from reference_impl.sketch import (
+    GainCurve,
+    curve_from_histogram,
+    exact_curve,
+    histogram,
+    row_curve,
+    squared_norm,
+)
 
 #: Up to this many trainable elements in total, element-level shares and gain curves are exact.
 EXACT_ELEMENT_LIMIT = 1 << 22
@@ -198,8 +205,7 @@ class GradientCollector:
 
     def _sq_norm(self, t: torch.Tensor) -> torch.Tensor:
         """Squared L2 norm, accumulated in the norm dtype."""
-        n: torch.Tensor = torch.linalg.vector_norm(t, dtype=self._norm_dtype).to(self._acc_dtype)
-        return n * n
+        return squared_norm(t, self._norm_dtype)
 
     def accumulate(self, batch_index: int) -> None:
         """Fold the batch that just ran backward into the accumulators. No host sync."""

@@ -31,6 +31,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from reference_impl.sketch import squared_norm
+
 #: Elements per block of the head's weight gradient (16 MiB in float32).
 BLOCK = 1 << 22
 
@@ -97,7 +99,7 @@ class _TiedPair:
         sq = torch.zeros((), dtype=wide, device=gy.device)
         for start in range(0, gy.shape[1], step):
             block = gy[:, start : start + step].T.matmul(x.to(gy.dtype))
-            sq += torch.linalg.vector_norm(block, dtype=wide).square()
+            sq += squared_norm(block, wide)
             self.add_rows(start, block)
         self.add_sq(sq)
         rows = gy.T.matmul(x.to(gy.dtype)) if self.ids is None else gy[:, self.ids].T.matmul(x.to(gy.dtype))

@@ -96,6 +96,31 @@ def row_curve(row_sizes: torch.Tensor, row_masses: torch.Tensor) -> GainCurve:
 CHUNK = 1 << 20
 
 
+#: Elements per chunk of `squared_norm` on the CPU (1 MiB of float32 temporaries).
+NORM_CHUNK_CPU = 1 << 18
+#: Elements per chunk of `squared_norm` on accelerators, whose reductions make no temporary.
+NORM_CHUNK_DEVICE = 1 << 24
+
+
+def squared_norm(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Sum of squares of `t`'s elements as a `dtype` scalar, accurate and without a temporary the
+    size of `t`. torch's `vector_norm(dtype=float64)` first widens the whole tensor (on the CPU a
+    copy twice its size), and its float32 norm on the CPU is off by ~1e-4 relative over tens of
+    millions of elements; so the CPU squares chunks and sums them with torch's cascade summation
+    (~1e-9), and accelerators take float32 norms of large chunks; chunk results add up in `dtype`."""
+    flat = t.reshape(-1)
+    wide = torch.promote_types(flat.dtype, torch.float32)
+    total = torch.zeros((), dtype=dtype, device=t.device)
+    if flat.device.type == "cpu":
+        for start in range(0, flat.numel(), NORM_CHUNK_CPU):
+            chunk = flat[start : start + NORM_CHUNK_CPU].to(wide)
+            total += (chunk * chunk).sum().to(dtype)
+    else:
+        for start in range(0, flat.numel(), NORM_CHUNK_DEVICE):
+            total += torch.linalg.vector_norm(flat[start : start + NORM_CHUNK_DEVICE].to(wide)).to(dtype).square()
+    return total
+
+
 def histogram(
     values: torch.Tensor | list[torch.Tensor], top: torch.Tensor | float, absolute: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
