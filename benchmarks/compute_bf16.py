@@ -5,8 +5,8 @@ utterances, one domain per category), element granularity, global budget 0.2:
 
 * fp32: weights and statistics in float32 (the reference);
 * bf16: weights loaded in bfloat16 (`blueprint compute --dtype bf16`), forward and backward in
-  bf16; the collector takes every gradient norm in float32 and keeps the running gradient sums
-  in float32 (reference_impl/collector.py), so only the gradients themselves carry bf16 error.
+  bf16; the collector accumulates every gradient norm in float64 and keeps the running gradient
+  sums in float32 (reference_impl/collector.py), so only the gradients themselves carry bf16 error.
 
 Reported: relative differences |bf16 - fp32| / fp32 of every per-module statistic (median, 90th
 percentile, max over modules and domains), Spearman rank correlation of the combined scores,
@@ -64,11 +64,15 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
 def compare(ref: Any, low: Any) -> dict[str, Any]:
     """The differences the module docstring lists, bf16 (`low`) against fp32 (`ref`)."""
     rel: dict[str, list[float]] = {k: [] for k in STATS}
+    largest: list[tuple[float, str, str, float]] = []  # (rel. diff of grad_norm_mean, module, domain, fp32 value)
     for mr, ml in zip(ref.modules, low.modules):
         for d in ref.domain_names:
             for k in STATS:
                 x, y = getattr(mr.stats[d], k), getattr(ml.stats[d], k)
                 rel[k].append(abs(y - x) / x if x > 0 else 0.0)
+            largest.append((rel["grad_norm_mean"][-1], mr.name, d, mr.stats[d].grad_norm_mean))
+    largest.sort(reverse=True)
+    median_norm = float(np.median([w[3] for w in largest]))
     sizes = np.array([m.parameter_count for m in ref.modules], dtype=np.float64)
     k_ref = np.array([m.k_star or 0.0 for m in ref.modules])
     k_low = np.array([m.k_star or 0.0 for m in low.modules])
@@ -87,6 +91,10 @@ def compare(ref: Any, low: Any) -> dict[str, Any]:
         "largest_k_star_change": {"module": ref.modules[worst].name, "fp32": float(k_ref[worst]),
                                   "bf16": float(k_low[worst])},
         "modules": len(ref.modules),
+        "median_grad_norm_mean": median_norm,
+        "largest_grad_norm_mean_differences": [
+            {"module": m, "domain": d, "relative_difference": r, "fp32_grad_norm_mean": v} for r, m, d, v in largest[:5]
+        ],
     }
 
 
@@ -96,8 +104,8 @@ def _markdown(result: dict[str, Any], cmd: str) -> str:
         "",
         f"Command: `{cmd}`. Settings: {json.dumps(result['settings'])}.",
         "",
-        "bf16: weights in bfloat16, forward and backward in bf16; gradient norms taken in float32 and",
-        "running gradient sums kept in float32 (fp32 accumulation of statistics).",
+        "bf16: weights in bfloat16, forward and backward in bf16; gradient norms accumulated in float64",
+        "and running gradient sums kept in float32 (fp32 accumulation of statistics).",
         "",
         "| statistic | median rel. diff | p90 | max |",
         "| --- | --- | --- | --- |",
@@ -112,6 +120,13 @@ def _markdown(result: dict[str, Any], cmd: str) -> str:
         f"- Selected parameters shared by both allocations: {result['selected_parameter_overlap']:.4f} of the budget",
         f"- Trainable fraction: fp32 {result['trainable_fraction']['fp32']:.4f}, bf16 {result['trainable_fraction']['bf16']:.4f}",
         f"- Largest k* change: {k['module']} {k['fp32']:.4f} (fp32) -> {k['bf16']:.4f} (bf16)",
+        "",
+        f"Largest differences of grad_norm_mean (the median module's fp32 value is {result['median_grad_norm_mean']:.3g}):",
+        "",
+        "| module | domain | rel. diff | fp32 grad_norm_mean |",
+        "| --- | --- | --- | --- |",
+        *[f"| {w['module']} | {w['domain']} | {w['relative_difference']:.3f} | {w['fp32_grad_norm_mean']:.3g} |"
+          for w in result["largest_grad_norm_mean_differences"]],
         "",
     ]
     return "\n".join(lines)
