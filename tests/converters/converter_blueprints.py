@@ -144,6 +144,12 @@ _DOMAIN_NAME = st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,20}\Z")
 _STAT = st.floats(min_value=1e-12, max_value=1e6, allow_nan=False, allow_infinity=False)
 
 
+def _disjoint(names: list[str]) -> bool:
+    """No name is another's followed by `.`: modules are disjoint (SPEC 3.6)."""
+    present = set(names)
+    return not any(n[:i] in present for n in names for i, c in enumerate(n) if c == "." and i > 0)
+
+
 def _safe_numbers(value: Any) -> bool:
     if isinstance(value, bool) or value is None or isinstance(value, str):
         return True
@@ -161,7 +167,7 @@ def _safe_numbers(value: Any) -> bool:
 @st.composite
 def blueprints(draw: st.DrawFn, max_modules: int = 6) -> Blueprint:
     """Valid blueprints: drawn names, statistics, k*, free text and extensions."""
-    names = draw(st.lists(_MODULE_NAME, min_size=1, max_size=max_modules, unique=True))
+    names = draw(st.lists(_MODULE_NAME, min_size=1, max_size=max_modules, unique=True).filter(_disjoint))
     domains = draw(st.lists(_DOMAIN_NAME, min_size=1, max_size=3, unique=True))
     params = draw(st.lists(st.integers(1, 10**9), min_size=len(names), max_size=len(names)))
     means = [draw(st.lists(_STAT, min_size=len(names), max_size=len(names))) for _ in domains]
