@@ -45,7 +45,7 @@ class FinetuneConfig:
 
     task: str = "auto"
     budget: float = 0.2
-    granularity: str = "module"
+    granularity: str = "auto"  # auto: the blueprint's own (allocation.granularity)
     max_steps: int = 100
     batch_size: int = 16
     seq_len: int = 64
@@ -81,14 +81,21 @@ class FinetuneConfig:
         for flag in ("force", "use_sidecar", "checkpointing", "save_merged", "progress", "trust_remote_code"):
             if not isinstance(getattr(self, flag), bool):
                 raise config_error(flag, f"{flag} must be True or False")
-        self.apply_config()  # budget, granularity, blend and domains are checked there
+        # budget, granularity, blend and domains are checked there ("auto" is resolved per blueprint)
+        self.apply_config(granularity="module" if self.granularity == "auto" else None)
 
-    def apply_config(self) -> Any:
-        """The ApplyConfig of this run."""
+    def apply_config(self, granularity: str | None = None) -> Any:
+        """The ApplyConfig of this run (granularity: instead of this config's)."""
         from reference_impl.apply import ApplyConfig
 
-        return ApplyConfig(budget=self.budget, granularity=self.granularity, domains=self.domains, blend=self.blend,
-                           force=self.force, **dict(self.apply_extra))
+        return ApplyConfig(budget=self.budget, granularity=granularity or self.granularity, domains=self.domains,
+                           blend=self.blend, force=self.force, **dict(self.apply_extra))
+
+    def for_blueprint(self, bp: Any) -> FinetuneConfig:
+        """This config with granularity "auto" replaced by the granularity the blueprint's k* were made for."""
+        from dataclasses import replace
+
+        return replace(self, granularity=bp.allocation.granularity) if self.granularity == "auto" else self
 
 
 @dataclass
@@ -360,8 +367,8 @@ def prepare(model_path: Path, train_path: Path, eval_path: Path, config: Finetun
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tok.pad_token_id
     seq_len, notes = _sequence_length(model, config.seq_len)
-    train_b, eval_b = _batches(train_ex, eval_ex, tok, model, task, config.batch_size, seq_len, notes,
-                               (str(train_path), str(eval_path)))
+    sources = ((train_ex, str(train_path)), (eval_ex, str(eval_path)))
+    train_b, eval_b = _batches(sources, tok, model, task, (config.batch_size, seq_len), notes)
     return Prepared(model, tok, task, train_b, eval_b, notes)
 
 
@@ -375,14 +382,16 @@ def _sequence_length(model: Any, seq_len: int) -> tuple[int, dict[str, int]]:
     return seq_len, {"seq_len": seq_len}
 
 
-def _batches(train_ex: list[Any], eval_ex: list[Any], tok: Any, model: Any, task: str, batch_size: int, seq_len: int,
-             notes: dict[str, int], where: tuple[str, str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Tokenised training and evaluation batches; long texts are cut at seq_len and counted."""
+def _batches(sources: tuple[tuple[list[Any], str], tuple[list[Any], str]], tok: Any, model: Any, task: str,
+             shape: tuple[int, int], notes: dict[str, int]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Tokenised training and evaluation batches of `shape` (batch size, sequence length) from the
+    (examples, path) `sources`; long texts are cut at the sequence length and counted in `notes`."""
     from reference_impl.data import causal_lm_batches, make_batches
     from reference_impl.errors import input_error
 
+    batch_size, seq_len = shape
     out = []
-    for name, examples, path in (("training", train_ex, where[0]), ("evaluation", eval_ex, where[1])):
+    for name, (examples, path) in zip(("training", "evaluation"), sources, strict=True):
         if task == "causal-lm":
             made = causal_lm_batches(examples, tok, batch_size, seq_len)
             batches, cut, dropped = made.batches, made.truncated, made.dropped
@@ -458,6 +467,7 @@ def run_finetune(
     mp, bpp, out = Path(model_path), Path(blueprint_path), Path(out_dir)
     _check_paths([bpp, Path(train_path), Path(eval_path)], out)
     bp = load_blueprint(bpp)
+    cfg = cfg.for_blueprint(bp)
     prep = prepare(mp, Path(train_path), Path(eval_path), cfg)
     dev = resolve_device(cfg.device)
     prep.model.to(dev)

@@ -44,11 +44,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--blueprint", required=True, help="blueprint JSON file bound to the model")
     p.add_argument("--train", required=True, help="training examples (.txt or .jsonl)")
     p.add_argument("--eval", required=True, help="evaluation examples (.txt or .jsonl)")
-    p.add_argument("--task", choices=TASKS, default="auto",
+    p.add_argument("--task", "--loss", dest="task", choices=TASKS, default="auto",
                    help="causal-lm or sequence-classification; auto: the model's own task (a base encoder with "
                         "labelled data: sequence classification)")
     p.add_argument("--budget", type=float, default=0.2, help="fraction of parameters to train, in (0, 1]")
-    p.add_argument("--granularity", choices=GRANULARITIES, default="module")
+    p.add_argument("--granularity", choices=("auto", *GRANULARITIES), default="auto",
+                   help="unit of selection: whole modules, rows or single elements; auto (default): the "
+                        "granularity the blueprint's k* were computed for (allocation.granularity)")
     p.add_argument("--max-steps", type=int, default=100, metavar="N")
     add_options(p, "batch_size", "seq_len", "seed", "device", "dtype", overrides={
         "seq_len": {"default": 64, "help": "cut examples at N tokens (at most the model's maximum; said when "

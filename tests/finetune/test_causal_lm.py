@@ -147,6 +147,39 @@ def test_cli_causal_lm_end_to_end(llama: dict[str, Path], capsys: pytest.Capture
     assert not torch.equal(before, merged(input_ids=x).logits)
 
 
+@pytest.mark.parametrize("granularity", ["module", "row"])
+def test_granularity_defaults_to_the_blueprints_own(llama: dict[str, Path], granularity: str) -> None:
+    """Without --granularity finetune selects at the granularity the blueprint's k* were made for."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from blueprint_format.api import dump, load
+    from blueprint_format.cli import main
+    from reference_impl.compute import compute_blueprint
+
+    tok = AutoTokenizer.from_pretrained(llama["model"])
+    batches = causal_lm_batches(read_examples(llama["train"]), tok, 8, 16).batches
+    model = AutoModelForCausalLM.from_pretrained(llama["model"])
+    bp = llama["tmp"] / f"bp-{granularity}.json"
+    dump(compute_blueprint(model, {"chat": batches}, model_path=llama["model"], device="cpu",
+                           min_examples_per_aggregate=8, granularity=granularity), bp)
+    assert load(bp).allocation.granularity == granularity
+    out = llama["tmp"] / f"auto-{granularity}"
+    status = main([
+        "finetune", "--model", str(llama["model"]), "--blueprint", str(bp), "--train", str(llama["train"]),
+        "--eval", str(llama["eval"]), "--budget", "0.3", "--max-steps", "1", "--batch-size", "4", "--seq-len", "12",
+        "--quiet", "-o", str(out),
+    ])
+    assert status == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["granularity"] == granularity
+    from safetensors import safe_open
+
+    with safe_open(str(out / "update.safetensors"), framework="pt") as f:
+        kinds = set(json.loads(f.metadata()["kinds"]).values())
+    # Row selection trains some matrices partly (1-D tensors fall back to elements); module only whole tensors.
+    assert kinds == {"whole"} if granularity == "module" else "sparse-row" in kinds
+
+
 def _bert_folder(tmp: Path) -> Path:
     from tests.finetune.test_cli_integrations import _folder
 
