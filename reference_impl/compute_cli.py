@@ -64,7 +64,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     })
     p.add_argument("--max-batches", type=int, default=None, metavar="N", help="per domain")
     p.add_argument("--shuffle", action="store_true", help="shuffle examples (seeded) instead of file order")
-    p.add_argument("--loss", default="auto", choices=LOSSES, help="loss; auto: the model's own task")
+    p.add_argument("--loss", "--task", dest="loss", default="auto", choices=LOSSES,
+                   help="loss (the task the model is trained for); auto: the model's own task")
     _add_rule_flags(p)
     p.add_argument("--granularity", choices=GRANULARITIES, default="element")
     p.add_argument("--statistic", default="grad_norm_mean", choices=tuple(STATISTICS),

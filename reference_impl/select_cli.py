@@ -66,7 +66,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "classification with a new head, whose gradient norms favour one class",
     )
     add_options(p, "batch_size", "seq_len", "device", "quiet", overrides={"seq_len": {"default": 128}})
-    p.add_argument("--loss", default="auto", choices=SELECT_LOSSES)
+    p.add_argument("--loss", "--task", dest="loss", default="auto", choices=SELECT_LOSSES,
+                   help="loss the norms are taken of (the model's task); auto: the model's own task")
     p.add_argument("--domain", default=None, metavar="NAME", help="declared domain the pool belongs to (summary)")
     p.add_argument(
         "--update-blueprint", default=None, metavar="OUT",

@@ -153,3 +153,14 @@ def test_plugin_help_is_written_once() -> None:
     listed = {a.dest: a.help for a in sub._choices_actions}
     for command, (_, help_text) in PLUGIN_COMMANDS.items():
         assert listed[command] == help_text
+
+
+@pytest.mark.parametrize("command", ["compute", "finetune", "select-data"])
+def test_task_and_loss_are_one_flag(command: str, tmp_path: Path) -> None:
+    """The model's task is `--task` or `--loss` in every command that takes one, with one meaning."""
+    base = _minimal_args(command, tmp_path)
+    task = PARSERS[command].parse_args([*base[1:], "--task", "causal-lm"])
+    loss = PARSERS[command].parse_args([*base[1:], "--loss", "causal-lm"])
+    assert vars(task) == vars(loss)
+    dest = next(a.dest for a in _options(command) if "--task" in a.option_strings)
+    assert getattr(task, dest) == "causal-lm"
