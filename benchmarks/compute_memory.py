@@ -113,6 +113,28 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def markdown(rows: list[dict[str, Any]], before: list[dict[str, Any]] | None = None) -> str:
+    """A table of the measurements (and of the same settings measured `before`, when given)."""
+    def key(r: dict[str, Any]) -> tuple[Any, ...]:
+        return (r["granularity"], r["domains"], r["batch_size"], r["seq_len"], r.get("malloc_mmap_threshold"))
+
+    old = {key(r): r for r in before or []}
+    lines = [
+        "| granularity | domains | batch x seq | glibc mmap threshold | peak - baseline (MiB) | / fp32 weights |"
+        + (" before this change |" if before else ""),
+        "|---|---|---|---|---|---|" + ("---|" if before else ""),
+    ]
+    for r in rows:
+        prev = old.get(key(r))
+        lines.append(
+            f"| {r['granularity']} | {r['domains']} | {r['batch_size']} x {r['seq_len']} | "
+            f"{r.get('malloc_mmap_threshold') or 'default'} | {r['peak_mib'] - r['baseline_mib']:.0f} | "
+            f"{r['peak_over_baseline_x_weights']:.2f} |"
+            + ((f" {prev['peak_over_baseline_x_weights']:.2f} |" if prev else " - |") if before else "")
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--domains", type=int, nargs="+", default=[1, 3])
@@ -126,10 +148,17 @@ def main() -> None:
                     help="run the children with MALLOC_MMAP_THRESHOLD_=BYTES (glibc)")
     ap.add_argument("--out", default=None, help="also write the results as JSON here")
     ap.add_argument("--append", action="store_true", help="add to the rows already in --out")
+    ap.add_argument("--render", nargs="+", metavar="JSON", default=None,
+                    help="print the markdown table of a results file (a second file: the rows before)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         print(json.dumps(worker(args)))
+        return
+    if args.render:
+        rows = json.loads(Path(args.render[0]).read_text())
+        before = json.loads(Path(args.render[1]).read_text()) if len(args.render) > 1 else None
+        print(markdown(rows, before), end="")
         return
     rows = []
     for granularity in args.granularity:
