@@ -53,23 +53,31 @@ CATEGORIES = ("ai", "emotion", "coding")
 
 def stand_in_smollm2(cache: Path) -> Path:
     """`cache`/smollm2-135m-instruct: a tiny random Llama (RMSNorm, tied embeddings, SmolLM2's
-    vocabulary) with SmolLM2's tokenizer files, for the dry run (see the module docstring)."""
+    vocabulary) with SmolLM2's tokenizer files, for the dry run (see the module docstring).
+
+    The tokenizer and config come from the converted folder when it is cached, else straight from
+    the GGUF's metadata: a fresh clone need not convert 540 MB of weights to rehearse."""
     import torch
-    from transformers import AutoConfig, LlamaForCausalLM
+    from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
 
-    from benchmarks.real_models import smollm2_folder
+    from benchmarks.real_models import CACHE, smollm2_gguf
 
-    real = smollm2_folder()
-    target = cache / real.name
+    real = Path(os.environ.get("GB_MODEL_CACHE", CACHE)) / "smollm2-135m-instruct"
+    source: dict[str, Any] = {}
+    if not (real / "tokenizer.json").is_file():
+        gguf = smollm2_gguf()
+        real, source = gguf.parent, {"gguf_file": gguf.name}
+    target = cache / "smollm2-135m-instruct"
     target.mkdir(parents=True)
-    config = AutoConfig.from_pretrained(real, local_files_only=True)
+    config = AutoConfig.from_pretrained(real, local_files_only=True, **source)
     config.update({"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-                   "num_key_value_heads": 1, "head_dim": 8})
+                   "num_key_value_heads": 1, "head_dim": 8, "tie_word_embeddings": True})
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(target, safe_serialization=True)
-    for f in real.iterdir():
-        if f.name.startswith("tokenizer") or f.name.endswith(".jinja"):
-            shutil.copy(f, target / f.name)
+    tokenizer = AutoTokenizer.from_pretrained(real, local_files_only=True, **source)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.save_pretrained(target)
     return target
 
 

@@ -26,14 +26,14 @@ SCHEMA_INSTANCES = from_schema(load_schema())
 VALID_BLUEPRINTS = SCHEMA_INSTANCES.map(repair)
 
 
-@settings(max_examples=25)
+@settings(max_examples=12)
 @given(SCHEMA_INSTANCES)
 def test_models_accept_what_the_schema_accepts(doc: dict[str, Any]) -> None:
     assert schema_issues(doc) == []
     Blueprint.model_validate(doc)
 
 
-@settings(max_examples=25)
+@settings(max_examples=12)
 @given(SCHEMA_INSTANCES, st.data())
 def test_models_reject_what_the_schema_rejects(doc: dict[str, Any], data: st.DataObject) -> None:
     # Break one member at a random place; both layers must agree on the verdict.
@@ -58,13 +58,13 @@ def _leaf_paths(node: Any) -> Any:
             yield from _leaf_paths(value)
 
 
-@settings(max_examples=25)
+@settings(max_examples=12)
 @given(VALID_BLUEPRINTS)
 def test_repaired_instances_are_valid(doc: dict[str, Any]) -> None:
     assert [(i.code, i.path) for i in validate(doc) if i.is_error] == []
 
 
-@settings(max_examples=25)
+@settings(max_examples=12)
 @given(VALID_BLUEPRINTS)
 def test_round_trip_and_byte_stability(doc: dict[str, Any]) -> None:
     bp = Blueprint.model_validate(doc)
@@ -215,7 +215,7 @@ MUTATIONS: list[Mutation] = [
 ]
 
 
-@settings(max_examples=50)
+@settings(max_examples=30)
 @given(VALID_BLUEPRINTS, st.sampled_from(MUTATIONS))
 def test_single_mutation_is_rejected_with_its_code(doc: dict[str, Any], mutate: Mutation) -> None:
     broken = copy.deepcopy(doc)
