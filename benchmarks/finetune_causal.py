@@ -26,7 +26,8 @@ Two phases, each arm in its own process with one torch thread (CPU), arms interl
   runs on the machine. `--rounds` repeats the interleaved round; the report takes the median
   step time and the largest peak;
 * quality: each arm trains `--steps` steps at every learning rate of `--lr-grid` on the dev
-  split, then at the best one on the eval split; mean token loss and perplexity on the split.
+  split, then at the best one on the eval split; mean token loss and perplexity on the split
+  (with a single learning rate there is nothing to choose and only the eval runs are made).
 
 Run it alone on the machine (the blueprint is computed once, about 5-10 minutes, and cached
 under benchmarks/output/finetune_causal/):
@@ -378,13 +379,14 @@ def _spawn_all(specs: list[dict[str, Any]], jobs: int, results: list[dict[str, A
 def quality_phase(base: dict[str, Any], paths: dict[str, str], arms: list[str], grid: list[float], jobs: int,
                   results: list[dict[str, Any]], report: Any) -> None:
     common = {**base, "phase": "quality"}
+    # One learning rate leaves nothing to choose: the dev split is not trained on then.
     dev_specs = [{**common, **ARMS[name], "name": name, "lr": lr, "split": "dev", "split_path": paths["dev"]}
-                 for lr in grid for name in arms]  # the dev search, interleaved across arms
+                 for lr in grid for name in arms] if len(grid) > 1 else []  # the dev search, interleaved
     _spawn_all(dev_specs, jobs, results, report)
     finals = []
     for name in arms:
         dev = [r for r in results if r["phase"] == "quality" and r["name"] == name and r["split"] == "dev"]
-        best = min(dev, key=lambda r: (r["eval_loss"], r["lr"]))["lr"]
+        best = min(dev, key=lambda r: (r["eval_loss"], r["lr"]))["lr"] if dev else grid[0]
         finals.append({**common, **ARMS[name], "name": name, "lr": best, "split": "eval", "split_path": paths["eval"]})
     _spawn_all(finals, jobs, results, report)
 
