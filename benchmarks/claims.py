@@ -421,7 +421,17 @@ def main() -> int:
     ap.add_argument("--models", default="minilm,smollm2", help="comma list of: " + ", ".join(MODELS))
     ap.add_argument("--out", default=None, help="output stem (default benchmarks/results/claims; /tmp/claims with --tiny)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    ap.add_argument("--reuse", type=Path, default=None, metavar="JSON",
+                    help="take the model measurements (sections 1-3) from an earlier claims.json and only "
+                         "re-read the other benchmarks' results (sections 4-6), e.g. after a new fine-tuning run")
     args = ap.parse_args()
+    if args.reuse:
+        earlier = json.loads(args.reuse.read_text(encoding="utf-8"))
+        out = Path(args.out or RESULTS / "claims")
+        write_report(earlier["models"], out, "HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/claims.py",
+                     Sizes(**earlier["sizes"]))
+        print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')} (sections 1-3 from {args.reuse})")
+        return 0
     import torch
 
     if args.threads:

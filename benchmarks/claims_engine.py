@@ -133,6 +133,8 @@ def capability_section(results: Path) -> list[str]:
              "(random and LoRA arms are the controls).", ""]
     for name, bench, command, reader, quality in (
         ("finetune.json", "finetune", "python benchmarks/finetune.py", _finetune_arms, "accuracy"),
+        ("finetune_memory.json", "finetune", "python benchmarks/finetune.py --only-memory --steps 150 --seeds 1",
+         _finetune_arms, "accuracy"),
         ("finetune_causal.json", "finetune_causal", "python benchmarks/finetune_causal.py --phase all",
          _causal_arms, "eval loss"),
     ):

@@ -48,7 +48,6 @@ import hashlib
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -110,15 +109,9 @@ def prepare(name: str, settings: dict[str, Any], folder: Path, blueprint: bool) 
 
 def spawn(spec: dict[str, Any]) -> dict[str, Any]:
     """Run one scoring or training arm in a process of its own, with its thread count."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(spec["threads"])}
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, __file__, "--arm", json.dumps(spec)], capture_output=True, text=True,
-                          cwd=ROOT, env=env)
-    if proc.returncode != 0:
-        raise RuntimeError(f"arm {spec.get('band', spec['phase'])} of {spec['model']} failed:\n{proc.stderr[-3000:]}")
-    out: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    out["process_s"] = time.perf_counter() - t0
-    return out
+    from benchmarks.arm_process import run_arm
+
+    return run_arm(__file__, spec, f"{spec.get('band', spec['phase'])} of {spec['model']}")
 
 
 def _arm_main(spec: dict[str, Any]) -> int:

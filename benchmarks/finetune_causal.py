@@ -53,7 +53,6 @@ import json
 import os
 import random
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -333,15 +332,10 @@ def run_quality(spec: dict[str, Any]) -> dict[str, Any]:
 
 def spawn(spec: dict[str, Any]) -> dict[str, Any]:
     """Run one arm in a fresh process (its own peak memory), with its thread count."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(spec["threads"])}
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, __file__, "--arm", json.dumps(spec)], capture_output=True, text=True,
-                          cwd=ROOT, env=env)
-    if proc.returncode != 0:
-        raise RuntimeError(f"arm {spec['name']} failed:\n{proc.stderr[-3000:]}")
-    out: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    from benchmarks.arm_process import run_arm
+
+    out = run_arm(__file__, spec, str(spec["name"]))
     out.update({k: spec[k] for k in ("name", "phase", "lr", "split", "steps", "batch", "seq_len") if k in spec})
-    out["process_s"] = time.perf_counter() - t0
     brief = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.items()
              if k in ("step_times_s", "peak_bytes", "eval_loss", "perplexity", "lr", "split")}
     print(f"  {spec['name']:28s} {spec['phase']:7s} {brief} ({out['process_s']:.0f} s)", file=sys.stderr, flush=True)
