@@ -515,7 +515,7 @@ def write_report(results: list[dict[str, Any]], args: Any, elapsed: float, name:
     dest.mkdir(parents=True, exist_ok=True)
     (dest / f"{name}.md").write_text(table + "\n", encoding="utf-8")
     keep = [{k: v for k, v in r.items() if k != "selection"} for r in results]
-    (dest / f"{name}.json").write_text(json.dumps({"args": vars(args), "results": keep}, indent=2) + "\n",
+    (dest / f"{name}.json").write_text(json.dumps({"args": vars(args), "results": keep}, indent=2, default=str) + "\n",
                                        encoding="utf-8")
     if cost and full is not None:
         _plot(cost, full, dest / f"{name}.png", mem)
