@@ -502,9 +502,10 @@ def write_report(results: list[dict[str, Any]], args: Any, elapsed: float, name:
     if quality:
         steps = sorted({r.get("steps", args.steps) for r in quality})
         grid = sorted({r["lr"] for r in results if r["phase"] == "quality" and r.get("split") == "dev"})
+        chosen = (f"learning rate per arm from {', '.join(f'{x:g}' for x in grid)} on the dev split" if grid
+                  else "one learning rate for every arm (no dev search)")
         lines += [f"Quality after {'/'.join(str(s) for s in steps)} steps at batch {quality[0].get('batch', args.batch)} "
-                  f"x seq {quality[0].get('seq_len', args.seq_len)}, learning rate per arm from "
-                  f"{', '.join(f'{x:g}' for x in grid)} on the dev split:", "",
+                  f"x seq {quality[0].get('seq_len', args.seq_len)}, {chosen}; eval loss on the held-out split:", "",
                   "| arm | lr | eval loss | / full | perplexity | initial loss |", "|---|---|---|---|---|---|"]
         for r in quality:
             ratio = f"{r['eval_loss'] / qfull['eval_loss']:.3f}" if qfull else "-"
