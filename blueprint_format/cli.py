@@ -172,9 +172,15 @@ def _flag_in(message: str) -> str:
     """The flag an argparse error message is about (its long spelling), or "" when none."""
     match = re.match(r"argument ([^:\s]+)", message) or re.search(r"required: ([^,\s]+)", message)
     if match:
-        return match.group(1).split("/")[-1]
+        return _long_spelling(match.group(1))
     flags = re.findall(r"(?<![\w/-])(--?[A-Za-z][\w-]*(?:/--?[\w-]+)*)", message)
-    return flags[0].split("/")[-1] if flags else ""
+    return _long_spelling(flags[0]) if flags else ""
+
+
+def _long_spelling(spellings: str) -> str:
+    """The first long flag of argparse's "-o/--output" or "--loss/--task" (the flag's own name)."""
+    parts = spellings.split("/")
+    return next((p for p in parts if p.startswith("--")), parts[-1])
 
 
 class _Parser(argparse.ArgumentParser):
