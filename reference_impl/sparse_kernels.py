@@ -62,7 +62,7 @@ def matrix_values_grad(sel: SparseSelection, left: torch.Tensor, right: torch.Te
     for a0, a1, p0, p1 in sel.blocks:
         if active is None:  # consecutive rows a0..a1-1
             block = left[:, a0:a1].t().matmul(right)  # (a1 - a0) x cols, freed at the next iteration
-            row = sel._rows_of(a0, a1) - a0  # each entry's row within the block
+            row = sel.rows_of(a0, a1) - a0  # each entry's row within the block
         else:  # the block's rows with a selected entry, gathered
             rows = active[a0:a1]
             block = left.index_select(1, rows).t().matmul(right)

@@ -119,13 +119,13 @@ class SparseSelection(nn.Module):
         self.ranges = _ranges(ptr, min(WRITE_CHUNK, max(4096, -(-int(idx.numel()) // 8))))
         cols = torch.empty(idx.shape, dtype=column_dtype(self.cols), device=idx.device)
         for r0, r1, p0, p1 in self.ranges:
-            cols[p0:p1] = idx[p0:p1] - self._rows_of(r0, r1) * self.cols
+            cols[p0:p1] = idx[p0:p1] - self.rows_of(r0, r1) * self.cols
         return cols
 
-    def _rows_of(self, r0: int, r1: int, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """The row of each entry of rows r0..r1-1 (or of the given rows, in order), int64."""
+    def rows_of(self, r0: int, r1: int) -> torch.Tensor:
+        """The row of each selected entry of rows r0..r1-1, int64 (element selections of matrices)."""
         assert self.row_ptr is not None
-        which = rows if rows is not None else torch.arange(r0, r1, device=self.row_ptr.device)
+        which = torch.arange(r0, r1, device=self.row_ptr.device)
         counts = self.row_ptr[which + 1] - self.row_ptr[which]
         return torch.repeat_interleave(which, counts)
 
@@ -133,7 +133,7 @@ class SparseSelection(nn.Module):
         """Flat positions of the selected elements (int64), or the selected rows."""
         if self.granularity == "row":
             return self.indices.to(torch.int64)
-        parts = [self._rows_of(r0, r1) * self.cols + self.indices[p0:p1] for r0, r1, p0, p1 in self.ranges]
+        parts = [self.rows_of(r0, r1) * self.cols + self.indices[p0:p1] for r0, r1, p0, p1 in self.ranges]
         return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64, device=self.indices.device)
 
     def _index_blocks(self, itemsize: int) -> None:
@@ -194,7 +194,7 @@ class SparseSelection(nn.Module):
         else:
             flat = w.view(-1)
             for r0, r1, p0, p1 in self.ranges:  # index_put needs int64 positions: a range at a time
-                flat.index_put_((self._rows_of(r0, r1) * self.cols + self.indices[p0:p1],), v[p0:p1])
+                flat.index_put_((self.rows_of(r0, r1) * self.cols + self.indices[p0:p1],), v[p0:p1])
         self._synced = self.values._version
         return True
 
