@@ -97,12 +97,13 @@ class _TiedPair:
         step = max(1, BLOCK // max(1, x.shape[1]))
         wide = torch.float32 if gy.device.type == "mps" else torch.float64
         sq = torch.zeros((), dtype=wide, device=gy.device)
+        x = x.to(gy.dtype)  # once, not per block
         for start in range(0, gy.shape[1], step):
-            block = gy[:, start : start + step].T.matmul(x.to(gy.dtype))
+            block = gy[:, start : start + step].T.matmul(x)
             sq += squared_norm(block, wide)
             self.add_rows(start, block)
         self.add_sq(sq)
-        rows = gy.T.matmul(x.to(gy.dtype)) if self.ids is None else gy[:, self.ids].T.matmul(x.to(gy.dtype))
+        rows = gy.T.matmul(x) if self.ids is None else gy[:, self.ids].T.matmul(x)
         if self.emb_part is not None:
             self._cross(rows, self.emb_part, whole=self.ids is None)
         else:
