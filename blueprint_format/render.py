@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 from pydantic import BaseModel
@@ -62,7 +63,7 @@ def describe_rule(bp: Blueprint) -> str:
 
 def _interval_headers(bp: Blueprint) -> list[str]:
     """One column per domain with a stability: its intervals of the resampled statistic."""
-    return [f"{_percent(d.stability.confidence)} CI[{d.name}]" for d in bp.domains if d.stability is not None]
+    return [f"{_percent(d.stability.confidence)} CI[{d.name}]" for d in _stable_domains(bp) if d.stability]
 
 
 def _rank_header(bp: Blueprint) -> str:
@@ -119,11 +120,7 @@ def median_relative_width(bp: Blueprint, d: Domain) -> float | None:
         value = float(getattr(stats, d.stability.statistic))
         if value:
             widths.append((stats.interval.upper - stats.interval.lower) / value)
-    if not widths:
-        return None
-    widths.sort()
-    mid = len(widths) // 2
-    return widths[mid] if len(widths) % 2 else (widths[mid - 1] + widths[mid]) / 2
+    return statistics.median(widths) if widths else None
 
 
 def _stability_row(bp: Blueprint, d: Domain, s: Stability) -> list[str]:
